@@ -1,0 +1,20 @@
+"""Training and validation engines (ignite, through MONAI's workflows)."""
+
+from bundle.engines.diffusion_trainer import LatentDiffusionTrainer
+from bundle.engines.handlers import EMA, GroupLRSchedule, TrainingState
+from bundle.engines.reproducible import ResumableSampler, SeededDataset
+from bundle.engines.vae_stage import VAEStage
+from bundle.engines.validator import EnhancementValidator, TensorBoardPanels, ValidateEvery
+
+__all__ = [
+    "EMA",
+    "EnhancementValidator",
+    "GroupLRSchedule",
+    "LatentDiffusionTrainer",
+    "ResumableSampler",
+    "SeededDataset",
+    "TensorBoardPanels",
+    "TrainingState",
+    "VAEStage",
+    "ValidateEvery",
+]

@@ -1,0 +1,180 @@
+"""Phases 1 and 2 of the spec's recipe: latent diffusion training with a two-phase VAE schedule.
+
+Phase 1 (the first ``phase1_epochs`` epochs): the VAE is frozen (``requires_grad`` False, eval
+mode, not in the optimizer) and only the U-Net learns. Phase 2 (later epochs, switched at the
+epoch boundary): the VAE encoder and decoder join the optimizer as their own parameter groups at
+``layer_lr_multipliers`` times the U-Net's rate. The diffusion loss then flows into the encoder,
+so the loss also carries the VAE's own terms (L1 reconstruction of the target from its sampled
+latent, KL on source and target) to keep the latent from collapsing toward whatever makes noise
+prediction easy.
+
+MONAI's ``LatentDiffusionInferer`` encodes under ``no_grad`` and cannot do phase 2, hence this
+iteration.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from ignite.engine import Events
+
+from bundle.engines.base import RecipeTrainer
+from bundle.engines.handlers import EMA, TrainingState
+from bundle.engines.reproducible import iteration_generator
+from bundle.engines.vae_stage import sample_posterior
+from bundle.networks import kl_divergence
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MULTIPLIERS = {"encoder": 0.1, "decoder": 0.1, "unet": 1.0}
+
+
+class LatentDiffusionTrainer(RecipeTrainer):
+    """Ignite trainer for the conditional latent diffusion model.
+
+    Args (beyond :class:`RecipeTrainer`):
+        vae: the ``VideoVAE`` (trained by the VAE stage).
+        unet: the ``ConditionalUNet3D``; ``optimizer`` must hold exactly its parameters.
+        schedule: a ``bundle.diffusion.DiffusionSchedule`` (noise schedule + prediction type).
+        vae_stage: provides ``scale_factor`` on a fresh start (resumes read it from the checkpoint).
+        phase1_epochs: epochs with the VAE frozen.
+        layer_lr_multipliers: ``{"encoder", "decoder", "unet"}`` multipliers of the base lr.
+        recon_weight, kl_weight: weights of the VAE terms in phase 2.
+        ema_decay: decay of the U-Net EMA used for validation and export.
+    """
+
+    checkpoint_prefix = "diffusion"
+
+    def __init__(
+        self,
+        vae,
+        unet,
+        schedule,
+        *args,
+        vae_stage=None,
+        phase1_epochs: int = 1,
+        layer_lr_multipliers: dict | None = None,
+        recon_weight: float = 1.0,
+        kl_weight: float = 1e-6,
+        ema_decay: float = 0.999,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.vae = vae
+        self.unet = unet
+        self.schedule = schedule
+        self.vae_stage = vae_stage
+        self.phase1_epochs = phase1_epochs
+        self.layer_lr_multipliers = {**DEFAULT_MULTIPLIERS, **(layer_lr_multipliers or {})}
+        self.recon_weight = recon_weight
+        self.kl_weight = kl_weight
+        self.ema = EMA(unet, decay=ema_decay)
+        self.training_state = TrainingState()
+        unet_params = {id(p) for p in unet.parameters()}
+        optim_params = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        if optim_params != unet_params:
+            raise ValueError("the diffusion optimizer must be built over the U-Net's parameters only.")
+        for group in self.optimizer.param_groups:
+            group["base_lr"] = group["lr"] * self.layer_lr_multipliers["unet"]
+            group["lr"] = group["base_lr"]
+            group["name"] = "unet"
+        self.add_event_handler(Events.EPOCH_STARTED, self._maybe_enter_phase2)
+        self._freeze_vae()
+
+    # --- phases ---------------------------------------------------------------------------------
+    @property
+    def phase(self) -> int:
+        return self.training_state.phase
+
+    @property
+    def scale_factor(self) -> float:
+        return self.training_state.scale_factor
+
+    def _freeze_vae(self) -> None:
+        self.vae.requires_grad_(False)
+        self.vae.eval()
+
+    def _maybe_enter_phase2(self, engine) -> None:
+        if engine.state.epoch > self.phase1_epochs and self.phase == 1:
+            self.enter_phase2()
+
+    def enter_phase2(self) -> None:
+        """Unfreeze the VAE and add its encoder and decoder as parameter groups."""
+        base = self.optimizer.param_groups[0]["base_lr"] / self.layer_lr_multipliers["unet"]
+        for name in ("encoder", "decoder"):
+            module = getattr(self.vae, name)
+            module.requires_grad_(True)
+            lr = base * self.layer_lr_multipliers[name]
+            self.optimizer.add_param_group({"params": list(module.parameters()), "lr": lr, "base_lr": lr, "name": name})
+        # parameters of the VAE outside encoder/decoder (none in VideoVAE) would stay frozen
+        self.vae.train()
+        self.training_state.phase = 2
+        logger.info("phase 2 at epoch %d: VAE trainable, lrs %s", self.state.epoch,
+                    {g["name"]: g["base_lr"] for g in self.optimizer.param_groups})
+
+    # --- iteration ------------------------------------------------------------------------------
+    def compute_loss(self, batch: dict):
+        device = self.state.device
+        source = batch["source"].to(device)
+        target = batch["target"].to(device)
+        generator = iteration_generator(self.seed, self.state.iteration, device)
+        scale = self.scale_factor
+        joint = self.phase == 2
+        self.vae.train(joint)  # validation may have left it in eval mode
+        with torch.set_grad_enabled(joint):
+            mean, logvar = self.vae.encode_moments(torch.cat([source, target]))
+        mean_source, mean_target = mean.chunk(2)
+        _, logvar_target = logvar.chunk(2)
+        z_target = sample_posterior(mean_target, logvar_target, generator)
+        z0 = z_target * scale
+        condition = mean_source * scale
+
+        t = self.schedule.sample_timesteps(z0.shape[0], generator=generator, device=device)
+        noise = torch.randn(z0.shape, generator=generator, device=device, dtype=z0.dtype)
+        z_t = self.schedule.add_noise(z0, noise, t)
+        prediction = self.unet(z_t, t, condition)
+        loss_diffusion = F.mse_loss(prediction.float(), self.schedule.training_target(z0, noise, t).float())
+        terms = {"loss_diffusion": float(loss_diffusion.detach()), "phase": self.phase}
+        loss = loss_diffusion
+        if joint:
+            recon = self.vae.decode(z_target)
+            loss_recon = F.l1_loss(recon.float(), target.float())
+            loss_kl = kl_divergence(mean.float(), logvar.float())
+            loss = loss + self.recon_weight * loss_recon + self.kl_weight * loss_kl
+            terms.update(loss_recon=float(loss_recon.detach()), loss_kl=float(loss_kl.detach()))
+        return loss, terms
+
+    def after_optimizer_step(self) -> None:
+        self.ema.update(self.unet)
+
+    def build_enhancer(self, hu_windows, **settings):
+        """The inference network from the current VAE and U-Net EMA (validation and export)."""
+        from bundle.inference import CTEnhancer
+
+        return CTEnhancer(
+            self.vae, self.ema.module, self.schedule, hu_windows=hu_windows,
+            scale_factor=self.scale_factor, **settings,
+        ).eval()
+
+    def export(self, path, hu_windows) -> None:
+        """Write ``model.pt``: everything inference needs, in one file (atomically)."""
+        self.build_enhancer(hu_windows).save(path)
+        logger.info("model written to %s", path)
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def checkpoint_objects(self) -> dict:
+        return {"unet": self.unet, "vae": self.vae, "ema": self.ema, "training_state": self.training_state}
+
+    def before_load(self, checkpoint: dict) -> None:
+        if checkpoint["training_state"]["phase"] == 2 and self.phase == 1:
+            self.enter_phase2()
+
+    def on_start(self, resumed: bool) -> None:
+        if resumed:
+            return
+        if self.vae_stage is None or self.vae_stage.scale_factor is None:
+            raise RuntimeError("the VAE stage must run before diffusion training (no latent scale factor).")
+        self.training_state.scale_factor = float(self.vae_stage.scale_factor)
+        self._freeze_vae()

@@ -1,0 +1,156 @@
+"""Stage 0 of the recipe: pre-train the VAE (the spec's phase 1 freezes it, so it must be trained).
+
+Loss on source and target slabs together: L1 reconstruction + ``kl_weight`` * KL, and optionally
+an adversarial patch term (MONAI's ``PatchDiscriminator`` with a least-squares loss) switched on
+by ``adversarial_weight > 0``. No loss needs downloaded weights.
+
+At the end the stage computes the latent scale factor (1 / std of training latents) once and
+writes ``<ckpt_dir>/vae_final.pt``; a later run finds that file and skips the stage.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from bundle.engines.base import RecipeTrainer
+from bundle.engines.reproducible import iteration_generator
+from bundle.networks import kl_divergence
+from bundle.utils.io import atomic_torch_save
+
+logger = logging.getLogger(__name__)
+
+
+def sample_posterior(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """mean + std * eps with a caller-owned generator (reproducible on resume)."""
+    eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return mean + torch.exp(0.5 * logvar) * eps
+
+
+@torch.no_grad()
+def estimate_scale_factor(vae, data_loader, device, max_batches: int = 8) -> float:
+    """1 / std of the VAE's mean latents of source and target slabs over a few training batches."""
+    vae_was_training = vae.training
+    vae.eval()
+    latents = []
+    for i, batch in enumerate(data_loader):
+        if i >= max_batches:
+            break
+        x = torch.cat([batch["source"], batch["target"]]).to(device)
+        latents.append(vae.encode(x).float().flatten().cpu())
+    vae.train(vae_was_training)
+    if not latents:
+        raise ValueError("cannot estimate the latent scale factor: the training loader is empty.")
+    std = torch.cat(latents).std().item()
+    return 1.0 / max(std, 1e-6)
+
+
+class VAEStage(RecipeTrainer):
+    """Ignite trainer for VAE pre-training, with skip/resume and the final VAE file.
+
+    Args (beyond :class:`RecipeTrainer`):
+        vae: the ``VideoVAE``.
+        kl_weight: weight of the KL term (mean over latent elements).
+        adversarial_weight: 0 disables the discriminator; otherwise weight of the generator's
+            adversarial term.
+        discriminator, discriminator_optimizer: required when ``adversarial_weight > 0``.
+        pretrained: path of trained VAE weights (a ``vae_final.pt`` or a plain state dict):
+            the stage then only loads them (and computes the scale factor if missing).
+        scale_factor_batches: training batches used to estimate the scale factor.
+    """
+
+    checkpoint_prefix = "vae"
+
+    def __init__(
+        self,
+        vae,
+        *args,
+        kl_weight: float = 1e-6,
+        adversarial_weight: float = 0.0,
+        discriminator=None,
+        discriminator_optimizer=None,
+        pretrained: str | None = None,
+        scale_factor_batches: int = 8,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.vae = vae
+        self.kl_weight = kl_weight
+        self.adversarial_weight = adversarial_weight
+        if adversarial_weight > 0 and (discriminator is None or discriminator_optimizer is None):
+            raise ValueError("adversarial_weight > 0 needs a discriminator and its optimizer.")
+        self.discriminator = discriminator if adversarial_weight > 0 else None
+        self.discriminator_optimizer = discriminator_optimizer
+        self.pretrained = pretrained
+        self.scale_factor_batches = scale_factor_batches
+        self.scale_factor: float | None = None
+
+    @property
+    def final_path(self) -> Path:
+        return self.ckpt_dir / "vae_final.pt"
+
+    def compute_loss(self, batch: dict):
+        device = self.state.device
+        x = torch.cat([batch["source"], batch["target"]]).to(device)
+        generator = iteration_generator(self.seed, self.state.iteration, device)
+        mean, logvar = self.vae.encode_moments(x)
+        recon = self.vae.decode(sample_posterior(mean, logvar, generator))
+        l1 = F.l1_loss(recon.float(), x.float())
+        kl = kl_divergence(mean.float(), logvar.float())
+        loss = l1 + self.kl_weight * kl
+        terms = {"l1": float(l1.detach()), "kl": float(kl.detach())}
+        if self.discriminator is not None:
+            adv_g, adv_d = self._adversarial(recon, x)
+            loss = loss + self.adversarial_weight * adv_g
+            terms.update(adv_generator=float(adv_g.detach()), adv_discriminator=adv_d)
+        return loss, terms
+
+    def _adversarial(self, recon: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Least-squares patch GAN: update D on (real, fake), return G's term and D's loss."""
+        self.discriminator.requires_grad_(True)
+        self.discriminator_optimizer.zero_grad(set_to_none=True)
+        real = self.discriminator(x.detach())[-1]
+        fake = self.discriminator(recon.detach())[-1]
+        loss_d = 0.5 * (F.mse_loss(real, torch.ones_like(real)) + F.mse_loss(fake, torch.zeros_like(fake)))
+        loss_d.backward()
+        self.discriminator_optimizer.step()
+        self.discriminator.requires_grad_(False)
+        logits = self.discriminator(recon)[-1]
+        return F.mse_loss(logits, torch.ones_like(logits)), float(loss_d.detach())
+
+    def checkpoint_objects(self) -> dict:
+        objects = {"vae": self.vae}
+        if self.discriminator is not None:
+            objects.update(discriminator=self.discriminator, discriminator_optimizer=self.discriminator_optimizer)
+        return objects
+
+    # --- the stage as a whole -------------------------------------------------------------------
+    def run(self) -> None:  # type: ignore[override]
+        """Train (or resume, or skip) and leave the trained VAE and its scale factor in place."""
+        if self.final_path.exists():
+            self._load_final(self.final_path)
+            logger.info("VAE stage done before (%s); scale factor %.4f", self.final_path, self.scale_factor)
+            return
+        if self.pretrained:
+            self._load_final(Path(self.pretrained))
+            logger.info("VAE weights from %s", self.pretrained)
+        elif self.state.max_epochs > 0:
+            self.vae.train()
+            super().run()
+        if self.scale_factor is None:
+            self.scale_factor = estimate_scale_factor(
+                self.vae, self.data_loader, self.state.device, self.scale_factor_batches
+            )
+        atomic_torch_save({"vae": self.vae.state_dict(), "scale_factor": self.scale_factor}, self.final_path)
+        logger.info("VAE stage finished; latent scale factor %.4f -> %s", self.scale_factor, self.final_path)
+
+    def _load_final(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.state.device, weights_only=True)
+        if "vae" in state:
+            self.vae.load_state_dict(state["vae"])
+            self.scale_factor = state.get("scale_factor")
+        else:
+            self.vae.load_state_dict(state)

@@ -1,0 +1,138 @@
+"""Validation during training: sample whole validation volumes and score them in HU.
+
+Each validation pair is enhanced by the same ``CTEnhancer`` that inference uses (built from the
+trainer's current VAE and U-Net EMA, with fewer DDIM steps), and three rows are scored side by
+side so a run shows where it stands: ``identity`` (the low-dose input as the answer),
+``vae_ceiling`` (decode(encode(target)): nothing the latent model outputs can beat it) and
+``model``. Metrics are per-slice PSNR/SSIM/RMSE in each configured window plus whole-volume PSNR
+(``bundle.evaluation.metrics``). The key metric is the model's soft-tissue-window PSNR.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from ignite.engine import Events
+from monai.engines import Evaluator
+
+from bundle.evaluation.metrics import DEFAULT_WINDOWS, volume_metrics, window_name
+
+
+class EnhancementValidator(Evaluator):
+    """Ignite evaluator over validation pairs given in HU, shape (B, 1, S, H, W).
+
+    Args:
+        device: torch device.
+        val_data_loader: yields dicts with ``source`` and ``target`` HU volumes.
+        hu_windows: the model's HU windows (channels), passed to the enhancer.
+        num_inference_steps: DDIM steps for validation (fewer than inference to save time).
+        windows: metric windows; the last one drives the key metric.
+        seed: sampling seed (same noise every validation, so runs compare).
+    """
+
+    def __init__(
+        self,
+        device,
+        val_data_loader,
+        hu_windows,
+        num_inference_steps: int = 10,
+        windows=DEFAULT_WINDOWS,
+        seed: int = 0,
+        handlers=None,
+    ) -> None:
+        super().__init__(device=torch.device(device), val_data_loader=val_data_loader, handlers=handlers, decollate=False)
+        self.trainer = None  # set by ValidateEvery (the trainer's handlers reference this object)
+        self.hu_windows = hu_windows
+        self.num_inference_steps = num_inference_steps
+        self.windows = tuple(tuple(w) for w in windows)
+        self.seed = seed
+        self.key_window = window_name(self.windows[-1])
+        self._enhancer = None
+        self._rows: dict[str, list[dict]] = defaultdict(list)
+        self.add_event_handler(Events.EPOCH_STARTED, self._start)
+        self.add_event_handler(Events.EPOCH_COMPLETED, self._summarise)
+
+    def _start(self, engine) -> None:
+        if self.trainer is None:
+            raise RuntimeError("EnhancementValidator needs a trainer: attach it with ValidateEvery.")
+        self._enhancer = self.trainer.build_enhancer(
+            self.hu_windows, num_inference_steps=self.num_inference_steps, seed=self.seed
+        ).to(self.state.device)
+        self._rows = defaultdict(list)
+
+    def _iteration(self, engine, batchdata: dict) -> dict:
+        source = batchdata["source"].to(self.state.device)
+        target = batchdata["target"].to(self.state.device)
+        enhancer = self._enhancer
+        with torch.no_grad():
+            ceiling = enhancer.reconstruct(target)
+            model = enhancer(source)
+        for b in range(source.shape[0]):
+            for name, pred in (("identity", source), ("vae_ceiling", ceiling), ("model", model)):
+                self._rows[name].append(
+                    {window_name(w): volume_metrics(pred[b], target[b], w) for w in self.windows}
+                )
+        return {"source": source, "target": target, "pred": model}
+
+    def _summarise(self, engine) -> None:
+        """Means over volumes into ``state.metrics`` as ``<row>/<window>/<metric>``."""
+        metrics = {}
+        for row, volumes in self._rows.items():
+            for w in volumes[0]:
+                for m in ("psnr", "ssim", "rmse", "volume_psnr"):
+                    metrics[f"{row}/{w}/{m}"] = sum(v[w][m] for v in volumes) / len(volumes)
+        engine.state.metrics.update(metrics)
+        key = f"model/{self.key_window}/psnr"
+        engine.state.key_metric_name = key
+        value = metrics[key]
+        if engine.state.best_metric == -1 or value > engine.state.best_metric:
+            engine.state.best_metric = value
+            engine.state.best_metric_epoch = self.trainer.state.epoch
+
+
+class ValidateEvery:
+    """Trainer handler: run the validator every ``interval`` epochs (and give it the trainer).
+
+    Like MONAI's ``ValidationHandler``, but the validator needs the trainer's current networks,
+    and a config cannot reference the trainer from the validator without a cycle.
+    """
+
+    def __init__(self, validator: EnhancementValidator, interval: int = 1) -> None:
+        self.validator = validator
+        self.interval = interval
+
+    def attach(self, engine) -> None:
+        self.validator.trainer = engine
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+
+    def __call__(self, engine) -> None:
+        self.validator.run(engine.state.epoch)
+
+
+class TensorBoardPanels:
+    """Validator handler: a few image panels (source | model | target, soft-tissue window)."""
+
+    def __init__(self, log_dir: str, max_volumes: int = 2, window=(-160.0, 240.0)) -> None:
+        self.log_dir = log_dir
+        self.max_volumes = max_volumes
+        self.window = window
+        self._writer = None
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        index = engine.state.iteration - (engine.state.epoch - 1) * (engine.state.epoch_length or 0)
+        if index > self.max_volumes:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        if self._writer is None:
+            self._writer = SummaryWriter(self.log_dir)
+        out = engine.state.output
+        lo, hi = self.window
+        middle = out["source"].shape[2] // 2
+        row = [((out[k][0, 0, middle].float().cpu().clamp(lo, hi) - lo) / (hi - lo)) for k in ("source", "pred", "target")]
+        self._writer.add_image(f"validation/volume{index}", torch.cat(row, dim=1)[None], engine.state.epoch)
+        self._writer.flush()

@@ -1,0 +1,258 @@
+"""The one network every consumer calls: source CT in HU -> enhanced CT in HU, any size.
+
+``CTEnhancer`` holds the VAE, the U-Net (its EMA weights after training), the noise schedule,
+the HU windows, the latent scale factor and the sampler settings. ``monai.bundle`` inference,
+evaluation, the DICOM batch tool, MONAI Deploy and MONAI Label all call it as
+``inferer(inputs, network)`` with ``network = CTEnhancer`` loaded from the single
+``models/model.pt``.
+
+Whole volumes at native resolution (``enhance``):
+
+1. pad in-plane to a multiple of the VAE factor (air, -1000 HU) and along slices to at least one
+   latent window (edge slices repeated); map HU to the window channels;
+2. encode in overlapping image tiles (the VAE keeps the slice axis) and blend;
+3. run DDIM on the WHOLE latent with one noise field: at every step the U-Net is evaluated on
+   overlapping latent windows whose predictions are blended, so neighbouring windows agree and no
+   seams appear (``bundle.diffusion.tiling.TiledDenoiser``);
+4. decode in overlapping tiles, map channels back to HU, crop the padding away.
+
+``model.pt`` is ``CTEnhancer.state_dict()``: the weights, the scale factor (a buffer) and, in the
+module's extra state, the hyper-parameters of both networks, the schedule and the HU windows; it
+loads with ``torch.load(weights_only=True)``. :meth:`CTEnhancer.from_file` rebuilds the networks
+from that extra state alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bundle.data.windows import HUWindows
+from bundle.diffusion import DDIMSampler, DiffusionSchedule
+from bundle.diffusion.tiling import TiledDenoiser, tiled_apply
+from bundle.networks import ConditionalUNet3D, VideoVAE
+from bundle.utils.io import atomic_torch_save
+
+FORMAT = "ctv2v-enhancer"
+FORMAT_VERSION = 1
+AIR_HU = -1000.0
+
+
+@dataclass
+class Enhancement:
+    """Result of :meth:`CTEnhancer.enhance`: the mean over samples and their spread, in HU."""
+
+    hu: torch.Tensor
+    uncertainty: torch.Tensor | None = None
+
+
+class CTEnhancer(nn.Module):
+    """Latent diffusion enhancement of a whole CT volume.
+
+    Args:
+        autoencoder: the trained ``VideoVAE``.
+        unet: the ``ConditionalUNet3D`` (pass the EMA weights).
+        schedule: the ``DiffusionSchedule`` the U-Net was trained with.
+        hu_windows: the HU windows that map HU to the VAE's channels (list of ``[lo, hi]``).
+        scale_factor: latent scale (1 / std of training latents).
+        num_inference_steps, eta, strength, num_samples, seed: sampler settings (also per call).
+        latent_window: U-Net window in latent voxels (slices, h, w); the training slab's latent.
+        latent_overlap: overlap of neighbouring U-Net windows, latent voxels per axis.
+        image_tile, image_overlap: VAE encode/decode tiles in image voxels (decode tiles are the
+            latent equivalent, divided in-plane by the VAE factor).
+        window_batch_size: U-Net windows evaluated together (memory vs speed).
+    """
+
+    def __init__(
+        self,
+        autoencoder: VideoVAE,
+        unet: ConditionalUNet3D,
+        schedule: DiffusionSchedule | None = None,
+        hu_windows=((-1024, 3072), (-160, 240), (-1000, 200)),
+        scale_factor: float = 1.0,
+        num_inference_steps: int = 50,
+        eta: float = 0.0,
+        strength: float = 1.0,
+        num_samples: int = 1,
+        seed: int = 0,
+        latent_window=(8, 16, 16),
+        latent_overlap=(4, 8, 8),
+        image_tile=(16, 128, 128),
+        image_overlap=(4, 32, 32),
+        window_batch_size: int = 4,
+    ) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.unet = unet
+        self.schedule = schedule if schedule is not None else DiffusionSchedule()
+        self.windows = HUWindows(hu_windows)
+        if self.windows.num_channels != autoencoder.config["in_channels"]:
+            raise ValueError(
+                f"{self.windows.num_channels} HU windows but the VAE takes {autoencoder.config['in_channels']} channels."
+            )
+        self.register_buffer("scale_factor", torch.tensor(float(scale_factor)))
+        self.num_inference_steps = num_inference_steps
+        self.eta = eta
+        self.strength = strength
+        self.num_samples = num_samples
+        self.seed = seed
+        self.latent_window = tuple(latent_window)
+        self.latent_overlap = tuple(latent_overlap)
+        self.image_tile = tuple(image_tile)
+        self.image_overlap = tuple(image_overlap)
+        self.window_batch_size = window_batch_size
+
+    # --- file format ----------------------------------------------------------------------------
+    def get_extra_state(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "autoencoder": dict(self.autoencoder.config),
+            "unet": dict(self.unet.config),
+            "schedule": self.schedule.to_config(),
+            "hu_windows": [list(w) for w in self.windows.windows],
+        }
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if state.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} state (format {state.get('format')!r}).")
+        mine = self.get_extra_state()
+        for key in ("autoencoder", "unet", "hu_windows"):
+            if _plain(state[key]) != _plain(mine[key]):
+                raise ValueError(
+                    f"the model file's {key} settings {state[key]} differ from this network's {mine[key]}: "
+                    "build the network from the file (CTEnhancer.from_file) or fix the config."
+                )
+        self.schedule = DiffusionSchedule.from_config(state["schedule"])
+
+    @classmethod
+    def from_file(cls, path: str | Path, map_location="cpu", **settings) -> CTEnhancer:
+        """Build the networks from the file's own hyper-parameters and load the weights."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"model file {path} not found (train one: see README).")
+        state = torch.load(path, map_location=map_location, weights_only=True)
+        extra = state.get("_extra_state")
+        if not isinstance(extra, dict) or extra.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a ctv2v model file (no '{FORMAT}' extra state).")
+        enhancer = cls(
+            VideoVAE(**extra["autoencoder"]),
+            ConditionalUNet3D(**extra["unet"]),
+            DiffusionSchedule.from_config(extra["schedule"]),
+            hu_windows=extra["hu_windows"],
+            **settings,
+        )
+        enhancer.load_state_dict(state)
+        return enhancer.eval()
+
+    def save(self, path: str | Path) -> None:
+        atomic_torch_save(self.state_dict(), path)
+
+    # --- inference ------------------------------------------------------------------------------
+    @property
+    def vae_factor(self) -> int:
+        return self.autoencoder.downsample_factor
+
+    def forward(self, source_hu: torch.Tensor) -> torch.Tensor:
+        """(B, 1, S, H, W) or (1, S, H, W) HU -> enhanced HU of the same shape (the sample mean)."""
+        return self.enhance(source_hu).hu
+
+    @torch.no_grad()
+    def enhance(
+        self,
+        source_hu: torch.Tensor,
+        num_inference_steps: int | None = None,
+        eta: float | None = None,
+        strength: float | None = None,
+        num_samples: int | None = None,
+        seed: int | None = None,
+    ) -> Enhancement:
+        """Enhance a whole volume; settings default to the module's."""
+        steps = num_inference_steps or self.num_inference_steps
+        eta = self.eta if eta is None else eta
+        strength = self.strength if strength is None else strength
+        num_samples = num_samples or self.num_samples
+        seed = self.seed if seed is None else seed
+        if not 0 < strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {strength}.")
+
+        unbatched = source_hu.dim() == 4
+        x = source_hu.unsqueeze(0) if unbatched else source_hu
+        if x.dim() != 5 or x.shape[1] != 1:
+            raise ValueError(f"expected a CT of shape (B, 1, slices, H, W) in HU, got {tuple(source_hu.shape)}.")
+        device = self.scale_factor.device
+        x = x.to(device=device, dtype=torch.float32)
+        padded, crop = self._pad(x)
+        condition = self.encode(self.windows.to_channels(padded)) * self.scale_factor
+
+        sampler = DDIMSampler(self.schedule, num_inference_steps=steps, eta=eta)
+        denoiser = TiledDenoiser(
+            self.unet, window=self.latent_window, overlap=self.latent_overlap,
+            window_batch_size=self.window_batch_size,
+        )
+        samples = []
+        for k in range(num_samples):
+            generator = torch.Generator(device=device).manual_seed(seed + k)
+            noise = torch.randn(condition.shape, generator=generator, device=device)
+            z = noise if strength >= 1 else sampler.start_from(condition, strength, noise)
+            z0 = sampler.sample(lambda z_t, t: denoiser(z_t, t, condition), z, generator=generator, strength=strength)
+            hu = self.windows.to_hu(self.decode(z0 / self.scale_factor))
+            samples.append(hu[crop])
+        stack = torch.stack(samples)
+        mean = stack.mean(0)
+        spread = stack.std(0, unbiased=False) if num_samples > 1 else None
+        if unbatched:
+            mean = mean[0]
+            spread = spread[0] if spread is not None else None
+        return Enhancement(hu=mean, uncertainty=spread)
+
+    @torch.no_grad()
+    def reconstruct(self, hu: torch.Tensor) -> torch.Tensor:
+        """decode(encode(hu)) in HU: the ceiling of any latent model on this volume."""
+        padded, crop = self._pad(hu.unsqueeze(0) if hu.dim() == 4 else hu)
+        out = self.windows.to_hu(self.decode(self.encode(self.windows.to_channels(padded))))[crop]
+        return out[0] if hu.dim() == 4 else out
+
+    def encode(self, channels: torch.Tensor) -> torch.Tensor:
+        """Posterior mean of the VAE, in overlapping image tiles."""
+        return tiled_apply(
+            self.autoencoder.encode, channels, window=self.image_tile, overlap=self.image_overlap,
+            out_channels=self.autoencoder.config["latent_channels"], scale=(1, 1 / self.vae_factor, 1 / self.vae_factor),
+        )
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        f = self.vae_factor
+        window = (self.image_tile[0], self.image_tile[1] // f, self.image_tile[2] // f)
+        overlap = (self.image_overlap[0], self.image_overlap[1] // f, self.image_overlap[2] // f)
+        return tiled_apply(
+            self.autoencoder.decode, latent, window=window, overlap=overlap,
+            out_channels=self.autoencoder.config["out_channels"], scale=(1, f, f),
+        )
+
+    def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[slice, ...]]:
+        """Pad in-plane with air to a multiple of the VAE factor and at least one window, and
+        along slices (edge repeat) to at least one latent window; return the crop that undoes it."""
+        _, _, s, h, w = x.shape
+        f = self.vae_factor
+        min_h, min_w = self.latent_window[1] * f, self.latent_window[2] * f
+        new_h = max(min_h, -(-h // f) * f)
+        new_w = max(min_w, -(-w // f) * f)
+        new_s = max(s, self.latent_window[0])
+        if (new_s, new_h, new_w) != (s, h, w):
+            x = nn.functional.pad(x, (0, new_w - w, 0, new_h - h), value=AIR_HU)
+            if new_s > s:
+                x = torch.cat([x, x[:, :, -1:].expand(-1, -1, new_s - s, -1, -1)], dim=2)
+        return x, (slice(None), slice(None), slice(0, s), slice(0, h), slice(0, w))
+
+
+def _plain(value):
+    """Lists and tuples compare equal (config files give lists, code gives tuples)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
