@@ -16,6 +16,7 @@ from bundle import __version__
 # Order is the order shown by ``ctv2v --help``.
 COMMAND_MODULES = [
     "bundle.commands.info",
+    "bundle.commands.datalist",
 ]
 
 
