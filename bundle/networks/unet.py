@@ -255,6 +255,13 @@ class ConditionalUNet3D(nn.Module):
             if num_heads <= 0 or width % num_heads:
                 raise ValueError(f"U-Net level {i}: {width} channels are not divisible by num_heads={num_heads}.")
 
+        # the architecture as plain values (stored in model files to rebuild the network)
+        self.config = dict(
+            in_channels=in_channels, condition_channels=condition_channels, out_channels=out_channels,
+            model_channels=model_channels, channel_mult=channel_mult, num_res_blocks=num_res_blocks,
+            attention_levels=attention_levels, num_heads=num_heads, time_embed_dim=time_embed_dim,
+            norm_num_groups=norm_num_groups, temporal_attention=temporal_attention, norm_eps=norm_eps,
+        )
         self.in_channels = in_channels
         self.condition_channels = condition_channels
         self.out_channels = out_channels

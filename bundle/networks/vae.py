@@ -286,6 +286,11 @@ class VideoVAE(nn.Module):
             norm_eps=norm_eps,
             use_checkpoint=use_checkpoint,
         )
+        # the architecture as plain values (stored in model files to rebuild the network);
+        # use_checkpoint is a run-time memory setting, not architecture
+        self.config = dict(in_channels=in_channels, out_channels=out_channels, **common)
+        self.config.pop("use_checkpoint")
+        self.config["channels"] = [int(c) for c in channels]
         self.encoder = VAEEncoder(in_channels=in_channels, **common)
         self.decoder = VAEDecoder(out_channels=out_channels, **common)
         self.latent_channels = latent_channels
