@@ -81,7 +81,6 @@ class LatentDiffusionTrainer(RecipeTrainer):
             group["lr"] = group["base_lr"]
             group["name"] = "unet"
         self.add_event_handler(Events.EPOCH_STARTED, self._maybe_enter_phase2)
-        self._freeze_vae()
 
     # --- phases ---------------------------------------------------------------------------------
     @property
@@ -172,9 +171,9 @@ class LatentDiffusionTrainer(RecipeTrainer):
             self.enter_phase2()
 
     def on_start(self, resumed: bool) -> None:
-        if resumed:
-            return
-        if self.vae_stage is None or self.vae_stage.scale_factor is None:
-            raise RuntimeError("the VAE stage must run before diffusion training (no latent scale factor).")
-        self.training_state.scale_factor = float(self.vae_stage.scale_factor)
-        self._freeze_vae()
+        if not resumed:
+            if self.vae_stage is None or self.vae_stage.scale_factor is None:
+                raise RuntimeError("the VAE stage must run before diffusion training (no latent scale factor).")
+            self.training_state.scale_factor = float(self.vae_stage.scale_factor)
+        if self.phase == 1:
+            self._freeze_vae()

@@ -93,9 +93,17 @@ class ResumableSampler(Sampler):
         return iter([(epoch, i) for i in indices])
 
 
+_SAMPLE_STREAM, _ITERATION_STREAM = 0, 1  # keep augmentation and iteration RNG streams apart
+
+
+def derived_seed(*keys: int) -> int:
+    """A seed that depends only on the non-negative integer ``keys``."""
+    return int(np.random.default_rng(list(keys)).integers(_MAX_SEED))
+
+
 def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A seed that depends only on (seed, epoch, index)."""
-    return int(np.random.default_rng([seed, epoch, index]).integers(_MAX_SEED))
+    """The augmentation seed of one sample: depends only on (seed, epoch, index)."""
+    return derived_seed(seed, _SAMPLE_STREAM, epoch, index)
 
 
 class SeededDataset(Dataset):
@@ -122,5 +130,5 @@ class SeededDataset(Dataset):
 def iteration_generator(seed: int, iteration: int, device: torch.device | str = "cpu") -> torch.Generator:
     """The RNG of one training iteration (timesteps, noise, posterior samples)."""
     generator = torch.Generator(device=device)
-    generator.manual_seed(sample_seed(seed, -1, iteration))
+    generator.manual_seed(derived_seed(seed, _ITERATION_STREAM, iteration))
     return generator

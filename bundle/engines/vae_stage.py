@@ -31,16 +31,21 @@ def sample_posterior(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.
 
 
 @torch.no_grad()
-def estimate_scale_factor(vae, data_loader, device, max_batches: int = 8) -> float:
-    """1 / std of the VAE's mean latents of source and target slabs over a few training batches."""
+def estimate_scale_factor(vae, data_loader, device, max_batches: int = 8, seed: int = 0) -> float:
+    """1 / std of posterior samples of source and target slabs over a few training batches.
+
+    Samples, not means: the diffusion model is trained on sampled target latents (as in latent
+    diffusion), and with an under-trained VAE the posterior spread dominates the means.
+    """
     vae_was_training = vae.training
     vae.eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
     latents = []
     for i, batch in enumerate(data_loader):
         if i >= max_batches:
             break
-        x = torch.cat([batch["source"], batch["target"]]).to(device)
-        latents.append(vae.encode(x).float().flatten().cpu())
+        mean, logvar = vae.encode_moments(torch.cat([batch["source"], batch["target"]]).to(device))
+        latents.append(sample_posterior(mean, logvar, generator).float().flatten().cpu())
     vae.train(vae_was_training)
     if not latents:
         raise ValueError("cannot estimate the latent scale factor: the training loader is empty.")
@@ -138,11 +143,11 @@ class VAEStage(RecipeTrainer):
             self._load_final(Path(self.pretrained))
             logger.info("VAE weights from %s", self.pretrained)
         elif self.state.max_epochs > 0:
-            self.vae.train()
+            self.vae.requires_grad_(True).train()
             super().run()
         if self.scale_factor is None:
             self.scale_factor = estimate_scale_factor(
-                self.vae, self.data_loader, self.state.device, self.scale_factor_batches
+                self.vae, self.data_loader, self.state.device, self.scale_factor_batches, self.seed
             )
         atomic_torch_save({"vae": self.vae.state_dict(), "scale_factor": self.scale_factor}, self.final_path)
         logger.info("VAE stage finished; latent scale factor %.4f -> %s", self.scale_factor, self.final_path)

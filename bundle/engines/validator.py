@@ -41,7 +41,9 @@ class EnhancementValidator(Evaluator):
         seed: int = 0,
         handlers=None,
     ) -> None:
-        super().__init__(device=torch.device(device), val_data_loader=val_data_loader, handlers=handlers, decollate=False)
+        super().__init__(
+            device=torch.device(device), val_data_loader=val_data_loader, val_handlers=handlers, decollate=False
+        )
         self.trainer = None  # set by ValidateEvery (the trainer's handlers reference this object)
         self.hu_windows = hu_windows
         self.num_inference_steps = num_inference_steps

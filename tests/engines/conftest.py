@@ -1,0 +1,67 @@
+"""A tiny generated dataset and a tiny recipe config shared by the engine tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+
+TINY_NETWORK = {
+    "image_channels": 3,
+    "latent_channels": 4,
+    "num_slices": 8,
+    "vae_channels": [8, 16, 16, 16],
+    "vae_num_res_blocks": 1,
+    "unet_model_channels": 16,
+    "unet_channel_mult": [1, 2, 2, 2],
+    "unet_num_res_blocks": 1,
+    "unet_attention_levels": [1, 2],
+    "unet_num_heads": 2,
+    "time_embed_dim": 32,
+    "norm_num_groups": 4,
+    "gradient_checkpointing": False,
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # two OpenMP threads on a shared 2-core runner spin against each other: one is faster
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    from bundle.data.demo import make_demo_dataset
+
+    out = tmp_path_factory.mktemp("demo")
+    make_demo_dataset(out, num_volumes=4, slices=8, size=64, seed=0, workers=1, log=lambda _: None)
+    return out
+
+
+@pytest.fixture
+def tiny_overrides(tiny_dataset, tmp_path) -> dict:
+    """Overrides of configs/train.yaml for a recipe that runs in seconds."""
+    return {
+        "dataset_dir": str(tiny_dataset),
+        "output_dir": str(tmp_path / "run"),
+        "model_path": str(tmp_path / "run" / "model.pt"),
+        "network": dict(TINY_NETWORK),
+        "train_patch_size": [8, 64, 64],
+        "batch_size": 1,
+        "vae_epochs": 1,
+        "num_epochs": 2,
+        "phase1_epochs": 1,
+        "num_workers": 0,
+        "cache": "none",
+        "save_every": 1,
+        "val_interval": 2,
+        "val_num_inference_steps": 2,
+        "amp": "fp32",
+        "device": "cpu",
+    }

@@ -1,0 +1,144 @@
+"""The training recipe through monai.bundle: VAE stage, phase 1, phase 2, checkpoints, model.pt."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigParser
+
+from conftest import REPO
+
+TRAIN_CONFIG = str(REPO / "configs" / "train.yaml")
+
+
+def make_parser(overrides: dict) -> ConfigParser:
+    """The training config with overrides, seeded as its run list's first step does."""
+    parser = ConfigParser()
+    parser.read_config(TRAIN_CONFIG)
+    parser.update(overrides)
+    parser.get_parsed_content("training#0")  # monai.utils.set_determinism(seed=@seed)
+    return parser
+
+
+@pytest.fixture(autouse=True)
+def _run_from_repo_root(monkeypatch):
+    monkeypatch.chdir(REPO)  # configs refer to configs/common.yaml relative to the bundle root
+
+
+def snapshot(module: torch.nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_whole_recipe_phases_and_model_file(tiny_overrides):
+    parser = make_parser(tiny_overrides)
+    vae_stage = parser.get_parsed_content("vae_stage")
+    trainer = parser.get_parsed_content("diffusion_trainer")
+    vae_stage.run()
+    assert vae_stage.final_path.is_file()
+    scale = vae_stage.scale_factor
+    assert scale > 0
+
+    before = snapshot(trainer.vae)
+    seen = {}
+
+    @trainer.on(Events.EPOCH_COMPLETED(once=1))
+    def after_phase1(engine):
+        seen["after_phase1"] = snapshot(engine.vae)
+        seen["groups_phase1"] = [g["name"] for g in engine.optimizer.param_groups]
+
+    trainer.run()
+    # phase 1: the VAE is bit-identical and not in the optimizer
+    assert seen["groups_phase1"] == ["unet"]
+    assert all(torch.equal(before[k], seen["after_phase1"][k]) for k in before)
+    # phase 2: the VAE changed; groups at lr, 0.1 lr, 0.1 lr
+    after = snapshot(trainer.vae)
+    assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
+    lr = tiny_overrides.get("lr", 1e-4)
+    base = {g["name"]: g["base_lr"] for g in trainer.optimizer.param_groups}
+    assert base == pytest.approx({"unet": lr, "encoder": 0.1 * lr, "decoder": 0.1 * lr})
+    assert trainer.phase == 2 and trainer.scale_factor == scale
+
+    # export through the config's own run list step and read back with weights_only
+    parser.get_parsed_content("training#3")
+    state = torch.load(tiny_overrides["model_path"], weights_only=True)
+    extra = state["_extra_state"]
+    assert extra["hu_windows"] == [[-1024, 3072], [-160, 240], [-1000, 200]]
+    assert extra["schedule"]["prediction_type"] == "v_prediction"
+    assert float(state["scale_factor"]) == pytest.approx(scale)
+
+    from bundle.inference import CTEnhancer
+
+    enhancer = CTEnhancer.from_file(tiny_overrides["model_path"], num_inference_steps=2)
+    source = torch.full((1, 8, 64, 64), -1000.0)
+    source[:, :, 16:48, 16:48] = 40.0
+    out = enhancer(source)
+    assert out.shape == source.shape and torch.isfinite(out).all()
+    # EMA weights, not the raw U-Net, are exported
+    ema = trainer.ema.module.state_dict()
+    assert all(torch.equal(enhancer.unet.state_dict()[k], ema[k]) for k in ema)
+
+
+def test_resume_matches_uninterrupted_run(tiny_overrides, tmp_path):
+    overrides = {**tiny_overrides, "val_interval": 100}  # validation does not touch training state
+
+    def run(output_dir, stop_at=None):
+        parser = make_parser({**overrides, "output_dir": str(output_dir)})
+        parser.get_parsed_content("vae_stage").run()
+        trainer = parser.get_parsed_content("diffusion_trainer")
+        if stop_at is not None:
+            trainer.add_event_handler(Events.ITERATION_COMPLETED(once=stop_at), lambda e: e.terminate())
+        trainer.run()
+        return trainer
+
+    reference = run(tmp_path / "uninterrupted")
+    total = reference.state.iteration
+    assert total == 4  # 2 training volumes x 2 epochs
+
+    interrupted = run(tmp_path / "interrupted", stop_at=3)  # mid-epoch, in phase 2
+    assert interrupted.state.iteration == 3
+    resumed_seen = {}
+    parser = make_parser({**overrides, "output_dir": str(tmp_path / "interrupted")})
+    parser.get_parsed_content("vae_stage").run()  # finds vae_final.pt: skipped
+    resumed = parser.get_parsed_content("diffusion_trainer")
+
+    @resumed.on(Events.STARTED)
+    def where(engine):
+        resumed_seen["start"] = engine.state.iteration
+
+    resumed.run()
+    assert resumed_seen["start"] == 3  # not from zero
+    assert resumed.state.iteration == total
+    for name in ("unet", "vae"):
+        ref, res = snapshot(getattr(reference, name)), snapshot(getattr(resumed, name))
+        assert all(torch.equal(ref[k], res[k]) for k in ref), f"{name} differs after resume"
+    assert all(torch.equal(a, b) for a, b in zip(reference.ema.state_dict().values(), resumed.ema.state_dict().values()))
+
+
+def test_phase2_keeps_latent_spread_and_reconstruction(tiny_overrides):
+    """Joint training must not collapse the latent: spread and reconstruction stay in bounds."""
+    overrides = {**tiny_overrides, "vae_epochs": 3, "num_epochs": 4, "phase1_epochs": 1, "val_interval": 100}
+    parser = make_parser(overrides)
+    vae_stage = parser.get_parsed_content("vae_stage")
+    vae_stage.run()
+    trainer = parser.get_parsed_content("diffusion_trainer")
+    batch = next(iter(parser.get_parsed_content("val_loader")))
+    windows = parser.get_parsed_content("hu_windows")
+
+    def measure():
+        enhancer = trainer.build_enhancer(windows)
+        target = batch["target"]
+        with torch.no_grad():
+            latent = enhancer.encode(enhancer.windows.to_channels(target))
+            l1 = (enhancer.reconstruct(target) - target).abs().mean()
+        return float(latent.std()), float(l1)
+
+    trainer.training_state.scale_factor = vae_stage.scale_factor  # what run() sets first
+    spread_before, l1_before = measure()
+    trainer.run()
+    assert trainer.phase == 2
+    spread_after, l1_after = measure()
+    assert 0.5 < spread_after / spread_before < 2.0, (spread_before, spread_after)
+    assert l1_after < 1.25 * l1_before + 5.0, (l1_before, l1_after)  # HU
