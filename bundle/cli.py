@@ -17,6 +17,8 @@ from bundle import __version__
 COMMAND_MODULES = [
     "bundle.commands.info",
     "bundle.commands.datalist",
+    "bundle.commands.demo_data",
+    "bundle.commands.simulate",
 ]
 
 

@@ -1,0 +1,147 @@
+"""Phantoms look like CT and differ per seed; the demo dataset is complete, readable, idempotent."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from bundle.data.phantom import LABELS, flat_region, make_phantom
+
+
+@pytest.fixture(scope="module")
+def phantoms():
+    return [make_phantom(seed) for seed in range(3)]  # default 32 x 128 x 128
+
+
+def test_different_seeds_give_different_patients(phantoms):
+    a, b, _ = phantoms
+    assert not np.array_equal(a.hu, b.hu)
+    assert np.mean(np.abs(a.hu - b.hu)) > 20.0  # different anatomy, not just texture
+    np.testing.assert_array_equal(make_phantom(0).hu, a.hu)
+
+
+def test_hu_ranges_cover_air_lung_fat_soft_tissue_and_bone(phantoms):
+    for phantom in phantoms:
+        hu = phantom.hu
+        assert hu.dtype == np.float32 and hu.shape == (32, 128, 128)
+        assert phantom.spacing == (2.5, 2.7, 2.7)
+        fraction = lambda low, high: float(np.mean((hu >= low) & (hu <= high)))  # noqa: E731
+        assert fraction(-1001, -990) > 0.2  # air around the body
+        assert fraction(-950, -750) > 0.005  # lung
+        assert fraction(-130, -70) > 0.02  # fat
+        assert fraction(20, 80) > 0.1  # soft tissue
+        assert fraction(700, 1300) > 0.001  # cortical bone
+        assert hu.min() >= -1001 and hu.max() < 1400
+        assert np.all(hu[:, 0, :] < -990) and np.all(hu[:, :, 0] < -990)  # air at the edges
+        for organ in ("liver", "spleen", "kidney", "lung", "bone", "fat", "muscle"):
+            assert np.any(phantom.labels == LABELS[organ]), organ
+        liver = hu[flat_region(phantom)]
+        assert 45 < float(np.median(liver)) < 75
+
+
+def test_lesions_are_small_and_low_contrast(phantoms):
+    lesions = [lesion for phantom in phantoms for lesion in phantom.lesions]
+    assert len(lesions) >= 3
+    for lesion in lesions:
+        assert 2.0 <= lesion["radius_mm"] <= 10.0
+        assert 5.0 <= abs(lesion["contrast_hu"]) <= 20.0
+
+
+def test_consecutive_slices_are_coherent_and_change_along_z(phantoms):
+    for phantom in phantoms:
+        hu = phantom.hu.reshape(phantom.hu.shape[0], -1)
+        neighbours = [np.corrcoef(hu[k], hu[k + 1])[0, 1] for k in range(len(hu) - 1)]
+        assert min(neighbours) > 0.9
+        assert np.corrcoef(hu[0], hu[-1])[0, 1] < min(neighbours)  # anatomy evolves along z
+        organ_area = (phantom.labels == LABELS["liver"]).sum(axis=(1, 2))
+        assert organ_area.max() > organ_area.min()  # organs change size along z
+
+
+def test_phantom_is_fast():
+    start = time.perf_counter()
+    make_phantom(11)
+    assert time.perf_counter() - start < 3.0  # about 0.5 s on 2 cores; generous for a busy host
+
+
+def test_custom_shape_and_spacing():
+    phantom = make_phantom(4, shape=(5, 48, 64), spacing=(5.0, 7.2, 5.4))
+    assert phantom.hu.shape == phantom.labels.shape == (5, 48, 64)
+    assert phantom.spacing == (5.0, 7.2, 5.4)
+
+
+# ------------------------------------------------------------------------------ demo dataset
+
+TINY = ["--num-volumes", "3", "--slices", "8", "--size", "64", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from bundle.cli import main
+
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo-data", str(out), *TINY]) == 0
+    return out
+
+
+def test_demo_writes_pairs_dicom_and_datalist(demo):
+    from bundle.data.volume_io import load_ct
+
+    datalist = json.loads((demo / "datalist.json").read_text())
+    splits = {split: [e["patient"] for e in datalist[split]] for split in ("training", "validation", "test")}
+    assert sorted(sum(splits.values(), [])) == ["demo000", "demo001", "demo002"]
+    assert all(len(members) == 1 for members in splits.values())
+    for patient in ("demo000", "demo001", "demo002"):
+        for member in ("source", "target"):
+            assert (demo / f"{patient}_{member}.nii.gz").is_file()
+
+    test_entry = datalist["test"][0]
+    patient = test_entry["patient"]
+    assert test_entry["source"] == f"dicom/{patient}"
+    dicom_sources = [e for split in datalist.values() for e in split if e["source"].startswith("dicom/")]
+    assert len(dicom_sources) == 2  # the test patient and one training patient
+
+    series = load_ct(demo / "dicom" / patient)
+    nifti = load_ct(demo / f"{patient}_source.nii.gz")
+    target = load_ct(demo / f"{patient}_target.nii.gz")
+    assert series.hu.shape == nifti.hu.shape == (8, 64, 64)
+    assert np.max(np.abs(series.hu - nifti.hu)) <= 0.5  # int16 rounding at most
+    np.testing.assert_allclose(series.affine_ras, nifti.affine_ras, atol=1e-3)
+    np.testing.assert_allclose(target.affine_ras, nifti.affine_ras, atol=1e-6)
+    np.testing.assert_allclose(nifti.spacing, (2.5, 5.4, 5.4), atol=1e-5)
+    # the source is the noisier member of the pair
+    assert np.std(series.hu - target.hu) > 5.0
+
+    manifest = json.loads((demo / "demo.json").read_text())
+    assert manifest["settings"]["num_volumes"] == 3
+    assert all((demo / f).is_file() for f in manifest["files"])
+    for record in manifest["patients"].values():
+        assert record["noise_sigma_source_hu"] > record["noise_sigma_target_hu"] > 0
+
+
+def test_demo_datalist_loads_with_the_datalist_module(demo):
+    datalist = pytest.importorskip("bundle.data.datalist")
+    for split in ("training", "validation", "test"):
+        for entry in datalist.load_datalist(demo / "datalist.json", split):
+            assert entry["source"] and entry["target"]
+
+
+def test_demo_second_run_is_skipped_and_force_rebuilds(demo, capsys):
+    from bundle.cli import main
+
+    manifest = demo / "demo.json"
+    stamp = manifest.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["demo-data", str(demo), *TINY]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert manifest.stat().st_mtime_ns == stamp
+
+    # other settings are a different dataset: rebuilt, stale files of the old one removed
+    assert main(["demo-data", str(demo), "--num-volumes", "2", "--slices", "8", "--size", "64"]) == 0
+    assert not (demo / "demo002_source.nii.gz").exists()
+    assert json.loads(manifest.read_text())["settings"]["num_volumes"] == 2
+    assert main(["demo-data", str(demo), *TINY, "--force"]) == 0
+    assert (demo / "demo002_source.nii.gz").is_file()
+    assert json.loads(manifest.read_text())["settings"]["num_volumes"] == 3
