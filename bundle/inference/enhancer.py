@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.data import MetaTensor
+from monai.utils import convert_to_dst_type
 from torch import nn
 
 from bundle.data.windows import HUWindows
@@ -158,8 +160,15 @@ class CTEnhancer(nn.Module):
         return self.autoencoder.downsample_factor
 
     def forward(self, source_hu: torch.Tensor) -> torch.Tensor:
-        """(B, 1, S, H, W) or (1, S, H, W) HU -> enhanced HU of the same shape (the sample mean)."""
-        return self.enhance(source_hu).hu
+        """(B, 1, S, H, W) or (1, S, H, W) HU -> enhanced HU of the same shape (the sample mean).
+
+        A MetaTensor input gives a MetaTensor output with the input's metadata (affine, applied
+        operations), so ``Invertd`` and ``SaveImaged`` can follow ``inferer(inputs, network)``.
+        """
+        enhanced = self.enhance(source_hu).hu
+        if isinstance(source_hu, MetaTensor):
+            enhanced = convert_to_dst_type(enhanced, source_hu, dtype=torch.float32)[0]
+        return enhanced
 
     @torch.no_grad()
     def enhance(
@@ -170,8 +179,10 @@ class CTEnhancer(nn.Module):
         strength: float | None = None,
         num_samples: int | None = None,
         seed: int | None = None,
+        progress: bool = False,
     ) -> Enhancement:
-        """Enhance a whole volume; settings default to the module's."""
+        """Enhance a whole volume; settings default to the module's; ``progress`` shows a tqdm bar
+        of the DDIM steps of each sample."""
         steps = num_inference_steps or self.num_inference_steps
         eta = self.eta if eta is None else eta
         strength = self.strength if strength is None else strength
@@ -180,6 +191,8 @@ class CTEnhancer(nn.Module):
         if not 0 < strength <= 1:
             raise ValueError(f"strength must be in (0, 1], got {strength}.")
 
+        if isinstance(source_hu, MetaTensor):  # plain tensors: the tiling indexes thousands of times
+            source_hu = source_hu.as_tensor()
         unbatched = source_hu.dim() == 4
         x = source_hu.unsqueeze(0) if unbatched else source_hu
         if x.dim() != 5 or x.shape[1] != 1:
@@ -199,7 +212,8 @@ class CTEnhancer(nn.Module):
             generator = torch.Generator(device=device).manual_seed(seed + k)
             noise = torch.randn(condition.shape, generator=generator, device=device)
             z = noise if strength >= 1 else sampler.start_from(condition, strength, noise)
-            z0 = sampler.sample(lambda z_t, t: denoiser(z_t, t, condition), z, generator=generator, strength=strength)
+            z0 = sampler.sample(lambda z_t, t: denoiser(z_t, t, condition), z, generator=generator, strength=strength,
+                                progress=progress)
             hu = self.windows.to_hu(self.decode(z0 / self.scale_factor))
             samples.append(hu[crop])
         stack = torch.stack(samples)

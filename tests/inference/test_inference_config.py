@@ -1,0 +1,177 @@
+"""configs/inference.yaml through monai.bundle: datalist and folder inputs, NIfTI outputs with the
+sources' geometry, and the ids MONAI Deploy / Label read."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = "configs/inference.yaml"
+TINY_NETWORK = {
+    "image_channels": 3,
+    "latent_channels": 4,
+    "num_slices": 8,
+    "vae_channels": [8, 16, 16, 16],
+    "vae_num_res_blocks": 1,
+    "unet_model_channels": 16,
+    "unet_channel_mult": [1, 2, 2, 2],
+    "unet_num_res_blocks": 1,
+    "unet_attention_levels": [1, 2],
+    "unet_num_heads": 2,
+    "time_embed_dim": 32,
+    "norm_num_groups": 4,
+    "gradient_checkpointing": False,
+}
+# tiles for 64 x 64 volumes (the defaults are the spec's 128 x 128 slabs; padding to them is slower)
+TINY = {
+    "network": TINY_NETWORK,
+    "latent_window": [8, 8, 8],
+    "latent_overlap": [4, 4, 4],
+    "image_tile": [8, 64, 64],
+    "image_overlap": [4, 32, 32],
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def parse(overrides: dict, files=(CONFIG,)) -> ConfigParser:
+    parser = ConfigParser()
+    with contextlib.chdir(REPO):  # the configs' macros name configs/common.yaml relative to the root
+        parser.read_config([str(f) for f in files])
+        parser.update(overrides)
+        parser.parse()
+    return parser
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    from bundle.data.demo import make_demo_dataset
+
+    out = tmp_path_factory.mktemp("demo")
+    make_demo_dataset(out, num_volumes=3, slices=8, size=64, workers=1, log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    """A random model built by the config itself (so its stored architecture matches)."""
+    with contextlib.chdir(REPO):
+        network = parse(TINY).get_parsed_content("network_def")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in network.unet.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    network.save(path)
+    return path
+
+
+def run_inference(config_files, **overrides) -> None:
+    import monai.bundle
+
+    with contextlib.chdir(REPO):
+        monai.bundle.run("inference", config_file=[str(f) for f in config_files], **overrides)
+
+
+def check_output(path: Path, source) -> nib.Nifti1Image:
+    """The output is readable NIfTI on the source's voxel grid (shape and affine)."""
+    from bundle.data.volume_io import load_ct
+
+    volume = load_ct(source)
+    image = nib.load(str(path))
+    data = np.asanyarray(image.dataobj)
+    assert data.shape == volume.hu_ijk.shape
+    np.testing.assert_allclose(image.affine, volume.affine_ras, atol=1e-4)
+    assert np.isfinite(data).all()
+    return image
+
+
+def test_datalist_test_entries_combined_with_demo_config(demo, model_path, tmp_path):
+    output_dir = tmp_path / "out"
+    run_inference(
+        [CONFIG, "configs/demo.yaml"], **TINY, model_path=str(model_path), dataset_dir=str(demo),
+        output_dir=str(output_dir), num_inference_steps=2, device="$torch.device('cpu')",
+    )
+    from bundle.data.datalist import load_datalist
+
+    tests = load_datalist(demo / "datalist.json", "test")
+    assert tests
+    for entry in tests:
+        name = Path(entry["source"]).name.split(".")[0]
+        image = check_output(output_dir / f"{name}_enhanced.nii.gz", entry["source"])
+        assert image.get_data_dtype() == np.float32
+
+
+def test_input_dir_with_nifti_and_dicom_series_writes_int16(demo, model_path, tmp_path):
+    input_dir = tmp_path / "inputs"
+    input_dir.mkdir()
+    # a NIfTI file that needs every inverse: not SPL-oriented (RAS storage with a flipped axis),
+    # fewer slices than a slab (padded) and an in-plane size not divisible by 8 (padded)
+    rng = np.random.default_rng(0)
+    data = rng.integers(-1000, 1500, size=(70, 60, 5)).astype(np.int16)
+    affine = np.array([[0.8, 0, 0, -30.0], [0, -0.7, 0, 20.0], [0, 0, 2.5, -5.0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(data, affine), str(input_dir / "odd.nii.gz"))
+    shutil.copytree(demo / "dicom" / "demo002", input_dir / "series_a")
+    output_dir = tmp_path / "out"
+    run_inference(
+        [CONFIG], **TINY, model_path=str(model_path), input_dir=str(input_dir), output_dir=str(output_dir),
+        num_inference_steps=2, output_dtype="int16", device="$torch.device('cpu')",
+    )
+    odd = check_output(output_dir / "odd_enhanced.nii.gz", input_dir / "odd.nii.gz")
+    assert odd.get_data_dtype() == np.int16
+    series = check_output(output_dir / "series_a_enhanced.nii.gz", input_dir / "series_a")
+    assert series.get_data_dtype() == np.int16
+
+
+def test_deploy_ids_and_state_dict_loading(model_path):
+    parser = parse({**TINY, "model_path": str(model_path), "device": "$torch.device('cpu')"})
+    for key in ("network_def", "preprocessing", "postprocessing", "inferer", "device"):
+        assert key in parser
+    network = parser.get_parsed_content("network_def")
+    # MONAI Deploy / Label: one network, one file, load_state_dict(torch.load(..., weights_only=True))
+    network.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True))
+    inferer = parser.get_parsed_content("inferer")
+    source = torch.full((1, 1, 8, 64, 64), -1000.0)
+    source[..., 16:48, 16:48] = 40.0
+    out = inferer(source, network.eval())
+    assert out.shape == source.shape and torch.isfinite(out).all()
+
+
+def test_model_file_of_another_architecture_is_refused(model_path):
+    other = {**TINY_NETWORK, "unet_model_channels": 8}
+    network = parse({**TINY, "network": other}).get_parsed_content("network_def")
+    with pytest.raises(ValueError, match="unet"):
+        network.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True))
+
+
+def test_postprocessing_undoes_preprocessing_exactly(tmp_path):
+    """With an identity network the written volume is the input, voxel for voxel: the inverse of
+    the padding and of the SPL orientation lands every value where it came from."""
+    input_dir = tmp_path / "inputs"
+    input_dir.mkdir()
+    rng = np.random.default_rng(1)
+    data = rng.integers(-1000, 1500, size=(70, 60, 5)).astype(np.float32)
+    affine = np.array([[0.0, 0.8, 0, -30.0], [-0.7, 0, 0, 20.0], [0, 0, -2.5, -5.0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(data, affine), str(input_dir / "rotated.nii.gz"))
+    output_dir = tmp_path / "out"
+    run_inference(
+        [CONFIG], **TINY, network_def="$torch.nn.Identity()", initialize=[], input_dir=str(input_dir),
+        output_dir=str(output_dir), device="$torch.device('cpu')",
+    )
+    image = nib.load(str(output_dir / "rotated_enhanced.nii.gz"))
+    np.testing.assert_array_equal(np.asanyarray(image.dataobj), data)
+    np.testing.assert_allclose(image.affine, affine, atol=1e-5)
