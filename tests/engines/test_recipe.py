@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 import pytest
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigParser
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parents[2]
 
 TRAIN_CONFIG = str(REPO / "configs" / "train.yaml")
 
