@@ -43,6 +43,8 @@ class LatentDiffusionTrainer(RecipeTrainer):
         layer_lr_multipliers: ``{"encoder", "decoder", "unet"}`` multipliers of the base lr.
         recon_weight, kl_weight: weights of the VAE terms in phase 2.
         ema_decay: decay of the U-Net EMA used for validation and export.
+        enhancer_settings: ``CTEnhancer`` settings for validation and export, e.g. the tiling
+            geometry of the training slab (``latent_window``, ``image_tile``, overlaps).
     """
 
     checkpoint_prefix = "diffusion"
@@ -59,6 +61,7 @@ class LatentDiffusionTrainer(RecipeTrainer):
         recon_weight: float = 1.0,
         kl_weight: float = 1e-6,
         ema_decay: float = 0.999,
+        enhancer_settings: dict | None = None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -71,6 +74,7 @@ class LatentDiffusionTrainer(RecipeTrainer):
         self.recon_weight = recon_weight
         self.kl_weight = kl_weight
         self.ema = EMA(unet, decay=ema_decay)
+        self.enhancer_settings = dict(enhancer_settings or {})
         self.training_state = TrainingState()
         unet_params = {id(p) for p in unet.parameters()}
         optim_params = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
@@ -154,7 +158,7 @@ class LatentDiffusionTrainer(RecipeTrainer):
 
         return CTEnhancer(
             self.vae, self.ema.module, self.schedule, hu_windows=hu_windows,
-            scale_factor=self.scale_factor, **settings,
+            scale_factor=self.scale_factor, **{**self.enhancer_settings, **settings},
         ).eval()
 
     def export(self, path, hu_windows) -> None:

@@ -42,6 +42,8 @@ from bundle.utils.io import atomic_torch_save
 FORMAT = "ctv2v-enhancer"
 FORMAT_VERSION = 1
 AIR_HU = -1000.0
+# tiling geometry, stored in the model file: the U-Net window is the training slab's latent
+GEOMETRY = ("latent_window", "latent_overlap", "image_tile", "image_overlap")
 
 
 @dataclass
@@ -117,6 +119,7 @@ class CTEnhancer(nn.Module):
             "unet": dict(self.unet.config),
             "schedule": self.schedule.to_config(),
             "hu_windows": [list(w) for w in self.windows.windows],
+            "geometry": {k: list(getattr(self, k)) for k in GEOMETRY},
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -130,10 +133,17 @@ class CTEnhancer(nn.Module):
                     "build the network from the file (CTEnhancer.from_file) or fix the config."
                 )
         self.schedule = DiffusionSchedule.from_config(state["schedule"])
+        # the windows the U-Net was trained on belong to the model, not to the caller's config
+        for key, value in state.get("geometry", {}).items():
+            setattr(self, key, tuple(value))
 
     @classmethod
     def from_file(cls, path: str | Path, map_location="cpu", **settings) -> CTEnhancer:
-        """Build the networks from the file's own hyper-parameters and load the weights."""
+        """Build the networks from the file's own hyper-parameters and load the weights.
+
+        ``settings`` are sampler settings (steps, eta, seed, ...); the tiling geometry stored in the
+        file wins over a ``settings`` value only when the caller gives none.
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"model file {path} not found (train one: see README).")
@@ -149,6 +159,9 @@ class CTEnhancer(nn.Module):
             **settings,
         )
         enhancer.load_state_dict(state)
+        for key in GEOMETRY:
+            if key in settings:
+                setattr(enhancer, key, tuple(settings[key]))
         return enhancer.eval()
 
     def save(self, path: str | Path) -> None:

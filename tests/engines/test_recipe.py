@@ -68,6 +68,9 @@ def test_whole_recipe_phases_and_model_file(tiny_overrides):
     assert extra["hu_windows"] == [[-1024, 3072], [-160, 240], [-1000, 200]]
     assert extra["schedule"]["prediction_type"] == "v_prediction"
     assert float(state["scale_factor"]) == pytest.approx(scale)
+    # the U-Net window of inference is the training slab's latent (8 x 64 x 64 / 8 in-plane)
+    assert extra["geometry"]["latent_window"] == [8, 8, 8]
+    assert extra["geometry"]["image_tile"] == [8, 64, 64]
 
     from bundle.inference import CTEnhancer
 
