@@ -25,12 +25,13 @@ identity the way it does in the U-Net.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from bundle.networks.blocks import NORM_EPS, Downsample3D, ResBlock3D, Upsample3D, check_divisible, checkpointed
+from bundle.networks.fidelity import FidelityPath
 
 __all__ = ["VideoVAE", "VAEEncoder", "VAEDecoder", "VAEStage", "kl_divergence"]
 
@@ -219,14 +220,19 @@ class VAEDecoder(nn.Module):
         )
         self.conv_out = nn.Conv3d(channels[0], out_channels, kernel_size=3, padding=1)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, skip: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """``skip(level, h)``, if given, is applied after each up stage to its output ``h`` of level
+        ``level`` (``h`` has ``H / 2**level`` rows): the hook of the fidelity path
+        (:mod:`bundle.networks.fidelity`). Without it this is the specification's decoder."""
         _check_slab(z, self.latent_channels, "VAE decoder input")
         enabled = self.use_checkpoint and self.training
         x = self.conv_in(z)
         for block in self.mid_blocks:
             x = checkpointed(block, x, enabled=enabled)
-        for stage in self.up_blocks:
+        for i, stage in enumerate(self.up_blocks):
             x = stage(x)
+            if skip is not None:
+                x = skip(len(self.up_blocks) - 1 - i, x)
         return self.conv_out(x)
 
 
@@ -247,6 +253,11 @@ class VideoVAE(nn.Module):
             about one extra forward pass for activation memory. Can be changed later through the
             ``use_checkpoint`` attribute.
         norm_eps: GroupNorm epsilon.
+        fidelity_channels: ``None`` (the specification): no fidelity path. A list of widths,
+            finest first, adds :class:`~bundle.networks.fidelity.FidelityPath` (``.fidelity``):
+            features of the source slab enter the decoder through zero-initialised gated skips
+            at the ``len(fidelity_channels)`` finest levels (see :meth:`decode`). Recorded in
+            ``config`` only when set, so spec model files are unchanged.
 
     Shapes (defaults): ``x (B, 3, T, H, W)`` with ``H, W`` multiples of 8 -> latent
     ``(B, 4, T, H/8, W/8)`` -> reconstruction ``(B, 3, T, H, W)``.
@@ -270,6 +281,7 @@ class VideoVAE(nn.Module):
         norm_num_groups: int = 32,
         use_checkpoint: bool = False,
         norm_eps: float = NORM_EPS,
+        fidelity_channels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if min(in_channels, out_channels, latent_channels) <= 0:
@@ -295,6 +307,12 @@ class VideoVAE(nn.Module):
         self.decoder = VAEDecoder(out_channels=out_channels, **common)
         self.latent_channels = latent_channels
         self.downsample_factor = self.encoder.downsample_factor
+        self.fidelity = None
+        if fidelity_channels:
+            self.config["fidelity_channels"] = [int(c) for c in fidelity_channels]
+            self.fidelity = FidelityPath(
+                in_channels, self.config["channels"], fidelity_channels, norm_num_groups, norm_eps, use_checkpoint
+            )
 
     @property
     def use_checkpoint(self) -> bool:
@@ -335,9 +353,18 @@ class VideoVAE(nn.Module):
         mean, logvar = self.encode_moments(x)
         return self.sample(mean, logvar, generator) if sample else mean
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Reconstruction of latent ``z``: ``(B, latent_channels, T, h, w) -> (B, out_channels, T, f h, f w)``."""
-        return self.decoder(z)
+    def decode(self, z: torch.Tensor, source: torch.Tensor | None = None, fidelity_weight: float = 1.0) -> torch.Tensor:
+        """Reconstruction of latent ``z``: ``(B, latent_channels, T, h, w) -> (B, out_channels, T, f h, f w)``.
+
+        With a fidelity path, ``source`` (the source slab, ``(B, in_channels, T, f h, f w)``) feeds
+        it, its gates scaled by ``fidelity_weight``. Without a path, without ``source`` or with
+        ``fidelity_weight == 0`` the path is not evaluated: the specification's decoder.
+        """
+        if self.fidelity is None or source is None or fidelity_weight == 0:
+            return self.decoder(z)
+        _check_slab(source, self.config["in_channels"], "fidelity source")
+        features = self.fidelity.source_features(source)
+        return self.decoder(z, skip=self.fidelity.skip(features, fidelity_weight))
 
     def forward(
         self, x: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None

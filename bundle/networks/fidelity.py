@@ -1,0 +1,178 @@
+"""Fidelity path: multi-scale features of the SOURCE image enter the VAE decoder through gated skips.
+
+Everything the latent model outputs passes through the VAE decoder, and an 8x in-plane
+bottleneck loses the fine anatomy a CT reader looks for. Restoration work on latent diffusion
+(feature wrapping from the degraded input into the decoder, as in StableSR) gives the decoder
+what the latent cannot carry: features of the input image at every resolution. Here:
+
+- :class:`SourcePyramid` encodes the source slab (the HU-window channels, ``(B, C, T, H, W)``)
+  into one feature map per decoder level, finest first: level ``k`` has ``H / 2**k`` rows.
+- :class:`GatedSkip` merges one level into the decoder's feature map ``h`` of that level::
+
+      h + fidelity_weight * gate * fuse(concat(h, source_features))
+
+  ``gate`` is one learned scalar per channel, **zero at initialisation**: a fresh path leaves the
+  decoder exactly the spec's, and training opens each channel's gate as far as it helps.
+- :class:`FidelityPath` holds both and hands :class:`~bundle.networks.vae.VAEDecoder` a function
+  that applies the skips after each of its up stages.
+
+``fidelity_weight`` is an inference-time knob: 1 is what training used, 0 (or no source) is the
+spec decoder bit for bit (the path is not even evaluated), values in between trade the source's
+fidelity for the detail the latent model generates.
+
+The path is trained where its inputs exist together: in VAE pre-training the decoder learns to
+reconstruct the TARGET from the target's latent plus the source's features (and again in phase
+2 of the diffusion recipe); see ``docs/fidelity.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from bundle.networks.blocks import NORM_EPS, Downsample3D, ResBlock3D, check_divisible, checkpointed
+
+__all__ = ["FidelityPath", "GatedSkip", "SourcePyramid"]
+
+
+class SourcePyramid(nn.Module):
+    """Source slab -> one feature map per level, finest first.
+
+    Level 0: ``conv_in`` (k3) then a ResBlock3D at full resolution; each further level: a
+    DownsampleBlock of the VAE (Conv3d (3,4,4) stride (1,2,2) + GroupNorm + SiLU) then a ResBlock3D.
+
+    Args:
+        in_channels: channels of the source slab (the HU windows).
+        channels: widths of the levels, finest first; ``len(channels)`` levels.
+        norm_num_groups, norm_eps: GroupNorm settings (the VAE's).
+        use_checkpoint: activation checkpointing of each block while training.
+
+    Shapes: ``(B, in_channels, T, H, W) -> [(B, channels[k], T, H / 2**k, W / 2**k) for k]``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: Sequence[int],
+        norm_num_groups: int = 32,
+        norm_eps: float = NORM_EPS,
+        use_checkpoint: bool = False,
+    ) -> None:
+        super().__init__()
+        channels = [int(c) for c in channels]
+        for i, c in enumerate(channels):
+            check_divisible(c, norm_num_groups, f"fidelity channels[{i}]")
+        self.use_checkpoint = use_checkpoint
+        self.conv_in = nn.Conv3d(in_channels, channels[0], kernel_size=3, padding=1)
+        self.levels = nn.ModuleList()
+        for k, c in enumerate(channels):
+            down = (
+                nn.Identity() if k == 0
+                else Downsample3D(channels[k - 1], c, (3, 4, 4), norm_num_groups, norm_eps)
+            )
+            self.levels.append(nn.Sequential(down, ResBlock3D(c, c, norm_num_groups, norm_eps)))
+
+    def forward(self, source: torch.Tensor) -> list[torch.Tensor]:
+        enabled = self.use_checkpoint and self.training
+        x = self.conv_in(source)
+        features = []
+        for level in self.levels:
+            x = checkpointed(level, x, enabled=enabled)
+            features.append(x)
+        return features
+
+
+class GatedSkip(nn.Module):
+    """One gated skip: ``h + weight * gate * fuse(concat(h, f))`` (see the module docstring).
+
+    ``fuse`` is Conv3d k3 (decoder + source channels -> decoder channels), GroupNorm, SiLU,
+    Conv3d k1: it sees both the decoder's current estimate and the source, so it can pass
+    source detail where the two agree and hold back source noise where they do not.
+
+    Args:
+        channels: decoder channels at this level.
+        source_channels: source-feature channels at this level.
+        norm_num_groups, norm_eps: GroupNorm settings.
+    """
+
+    def __init__(self, channels: int, source_channels: int, norm_num_groups: int = 32, norm_eps: float = NORM_EPS):
+        super().__init__()
+        self.fuse = nn.Sequential(
+            nn.Conv3d(channels + source_channels, channels, kernel_size=3, padding=1),
+            nn.GroupNorm(norm_num_groups, channels, eps=norm_eps),
+            nn.SiLU(),
+            nn.Conv3d(channels, channels, kernel_size=1),
+        )
+        # zero: a fresh path is the identity, and the decoder starts as the spec's
+        self.gate = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, h: torch.Tensor, source_features: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+        delta = self.fuse(torch.cat([h, source_features.to(h.dtype)], dim=1))
+        return h + (weight * self.gate).to(delta.dtype).view(1, -1, 1, 1, 1) * delta
+
+
+class FidelityPath(nn.Module):
+    """Source pyramid + one :class:`GatedSkip` per level, finest first.
+
+    Args:
+        in_channels: channels of the source slab (the HU windows).
+        decoder_channels: the decoder's widths per level, finest first (the VAE's ``channels``);
+            level ``k`` is merged after the up stage that reaches ``H / 2**k``.
+        channels: source-feature widths per level, finest first; their number is the number of
+            levels that get a skip (at most ``len(decoder_channels) - 1``: the coarsest level is
+            the latent's, which the diffusion model already conditions on).
+        norm_num_groups, norm_eps, use_checkpoint: as the VAE's.
+
+    Use::
+
+        features = path.source_features(source_channels)     # once per slab
+        recon = vae.decoder(z, skip=path.skip(features, weight))
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        decoder_channels: Sequence[int],
+        channels: Sequence[int],
+        norm_num_groups: int = 32,
+        norm_eps: float = NORM_EPS,
+        use_checkpoint: bool = False,
+    ) -> None:
+        super().__init__()
+        channels = [int(c) for c in channels]
+        decoder_channels = [int(c) for c in decoder_channels]
+        if not 1 <= len(channels) <= len(decoder_channels) - 1:
+            raise ValueError(
+                f"fidelity channels {channels}: need 1 to {len(decoder_channels) - 1} levels "
+                f"(the VAE has {len(decoder_channels)} levels, the coarsest is the latent's)."
+            )
+        self.pyramid = SourcePyramid(in_channels, channels, norm_num_groups, norm_eps, use_checkpoint)
+        self.skips = nn.ModuleList(
+            GatedSkip(decoder_channels[k], c, norm_num_groups, norm_eps) for k, c in enumerate(channels)
+        )
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.skips)
+
+    def source_features(self, source: torch.Tensor) -> list[torch.Tensor]:
+        """The source slab's features, finest first."""
+        return self.pyramid(source)
+
+    def skip(self, features: Sequence[torch.Tensor], weight: float = 1.0) -> Callable[[int, torch.Tensor], torch.Tensor]:
+        """The decoder hook: ``skip(level, h)`` merges ``features[level]`` into ``h`` (levels
+        without a skip pass ``h`` through)."""
+
+        def merge(level: int, h: torch.Tensor) -> torch.Tensor:
+            if level >= len(self.skips):
+                return h
+            if features[level].shape[2:] != h.shape[2:]:
+                raise ValueError(
+                    f"fidelity level {level}: source features {tuple(features[level].shape)} do not match "
+                    f"the decoder's {tuple(h.shape)} (source and latent must cover the same slab)."
+                )
+            return self.skips[level](h, features[level], weight)
+
+        return merge

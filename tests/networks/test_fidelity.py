@@ -1,0 +1,81 @@
+"""The fidelity path (bundle/networks/fidelity.py): off, or at weight 0, it is the spec decoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bundle.networks import VideoVAE
+from bundle.networks.fidelity import FidelityPath
+
+FIDELITY = [8, 16, 16]
+
+
+def _pair(tiny_vae_kwargs, randomize, fidelity=FIDELITY):
+    """A spec VAE and the same VAE with a fidelity path: identical spec weights, the path's own
+    weights randomised (gates too) so that a path that were evaluated would show."""
+    torch.manual_seed(0)
+    spec = randomize(VideoVAE(**tiny_vae_kwargs)).eval()
+    with_path = VideoVAE(**tiny_vae_kwargs, fidelity_channels=fidelity).eval()
+    missing, unexpected = with_path.load_state_dict(spec.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("fidelity.") for k in missing)
+    randomize(with_path.fidelity, seed=1, std=0.5)
+    return spec, with_path
+
+
+def test_off_and_weight_zero_equal_the_spec_decoder_bitwise(tiny_vae_kwargs, randomize):
+    spec, with_path = _pair(tiny_vae_kwargs, randomize)
+    x = torch.randn(2, 3, 8, 32, 32)
+    with torch.no_grad():
+        z = spec.encode(x)
+        reference = spec.decode(z)
+        assert torch.equal(with_path.encode(x), z)  # the encoder is untouched
+        assert torch.equal(with_path.decode(z), reference)  # no source: path off
+        assert torch.equal(with_path.decode(z, source=x, fidelity_weight=0.0), reference)
+        assert torch.equal(spec.decode(z, source=x), reference)  # a spec VAE ignores a source
+        assert torch.equal(with_path(x, sample=False)[0], spec(x, sample=False)[0])
+        # the path is live at weight 1 (randomised gates), and the weight scales it
+        full = with_path.decode(z, source=x, fidelity_weight=1.0)
+        half = with_path.decode(z, source=x, fidelity_weight=0.5)
+    assert (full - reference).abs().max() > 1e-3
+    assert 0 < (half - reference).abs().max() < (full - reference).abs().max()
+
+
+def test_gates_start_at_zero_so_a_fresh_path_is_the_spec_decoder(tiny_vae_kwargs):
+    torch.manual_seed(0)
+    vae = VideoVAE(**tiny_vae_kwargs, fidelity_channels=FIDELITY).eval()
+    gates = [skip.gate for skip in vae.fidelity.skips]
+    assert len(gates) == len(FIDELITY)
+    assert all(g.shape == (c,) and torch.count_nonzero(g) == 0 for g, c in zip(gates, tiny_vae_kwargs["channels"]))
+    x = torch.randn(1, 3, 8, 32, 32)
+    z = vae.encode(x)
+    assert torch.equal(vae.decode(z, source=x), vae.decode(z))
+    # ... and the gates receive a gradient, so training opens them
+    vae.decode(z.detach(), source=x).square().mean().backward()
+    assert all(g.grad is not None and g.grad.abs().sum() > 0 for g in gates)
+
+
+def test_config_records_the_path_only_when_present(tiny_vae_kwargs):
+    spec = VideoVAE(**tiny_vae_kwargs)
+    with_path = VideoVAE(**tiny_vae_kwargs, fidelity_channels=FIDELITY)
+    assert "fidelity_channels" not in spec.config and spec.fidelity is None
+    assert with_path.config == {**spec.config, "fidelity_channels": FIDELITY}
+    rebuilt = VideoVAE(**with_path.config)  # what a model file does
+    assert rebuilt.state_dict().keys() == with_path.state_dict().keys()
+
+
+def test_fewer_levels_and_shapes(tiny_vae_kwargs):
+    vae = VideoVAE(**tiny_vae_kwargs, fidelity_channels=[4]).eval()  # full resolution only
+    x = torch.randn(1, 3, 8, 32, 48)
+    features = vae.fidelity.source_features(x)
+    assert [tuple(f.shape) for f in features] == [(1, 4, 8, 32, 48)]
+    assert vae.decode(vae.encode(x), source=x).shape == x.shape
+    with pytest.raises(ValueError, match="levels"):
+        FidelityPath(3, [8, 16, 16, 16], [8, 16, 16, 16], norm_num_groups=4)
+    with pytest.raises(ValueError, match="do not match"):
+        vae.decode(vae.encode(x), source=x[..., :16], fidelity_weight=1.0)
+
+
+def test_common_yaml_defaults_to_no_path(build_common):
+    (vae,) = build_common("autoencoder_def")
+    assert vae.fidelity is None and "fidelity_channels" not in vae.config
