@@ -244,6 +244,7 @@ def tiled_apply(
     scale: float | Sequence[float] = 1,
     margin: IntOrSeq | None = None,
     window_batch_size: int = 4,
+    spatial_inputs: Sequence[torch.Tensor] = (),
 ) -> torch.Tensor:
     """Apply ``fn`` to overlapping windows of ``x`` and blend: e.g. the VAE on a whole volume.
 
@@ -258,11 +259,13 @@ def tiled_apply(
         margin: voxels of ``x`` at each window edge given ``MIN_WEIGHT``; default a quarter of the
             overlap (rounded down to a multiple of 1/scale when scale < 1).
         window_batch_size: windows per ``fn`` call (bounds memory).
+        spatial_inputs: more tensors on the grid of ``x``, cropped like it and passed to ``fn``
+            after the window of ``x`` (``fn(x_window, *their_windows)``).
 
     Returns:
         ``(B, out_channels, *spatial * scale)`` in float32 (float64 if ``x`` is float64).
     """
-    return _tiled(fn, x, window, overlap, margin, scale, window_batch_size, out_channels)
+    return _tiled(fn, x, window, overlap, margin, scale, window_batch_size, out_channels, spatial_inputs=spatial_inputs)
 
 
 class TiledDenoiser:

@@ -16,6 +16,15 @@ Whole volumes at native resolution (``enhance``):
    seams appear (``bundle.diffusion.tiling.TiledDenoiser``);
 4. decode in overlapping tiles, map channels back to HU, crop the padding away.
 
+Two output settings (stored in ``model.pt``, overridable per call; ``docs/fidelity.md``):
+
+- ``fidelity_weight``: a VAE with a fidelity path (``bundle.networks.fidelity``) decodes with the
+  source's features entering through its gated skips, the gates scaled by this weight; 0 is the
+  specification's decoder exactly.
+- ``residual``: the output is a correction added to the source, in HU:
+  ``source + decode(z_enhanced) - decode(encode(source))``; what the bottleneck loses is lost on
+  both terms and largely cancels.
+
 ``model.pt`` is ``CTEnhancer.state_dict()``: the weights, the scale factor (a buffer) and, in the
 module's extra state, the hyper-parameters of both networks, the schedule and the HU windows; it
 loads with ``torch.load(weights_only=True)``. :meth:`CTEnhancer.from_file` rebuilds the networks
@@ -44,6 +53,8 @@ FORMAT_VERSION = 1
 AIR_HU = -1000.0
 # tiling geometry, stored in the model file: the U-Net window is the training slab's latent
 GEOMETRY = ("latent_window", "latent_overlap", "image_tile", "image_overlap")
+# how the output is formed, stored in the model file; a caller's explicit setting wins
+OUTPUT = ("fidelity_weight", "residual")
 
 
 @dataclass
@@ -69,6 +80,10 @@ class CTEnhancer(nn.Module):
         image_tile, image_overlap: VAE encode/decode tiles in image voxels (decode tiles are the
             latent equivalent, divided in-plane by the VAE factor).
         window_batch_size: U-Net windows evaluated together (memory vs speed).
+        fidelity_weight: scale of the fidelity path's gates (a VAE with ``.fidelity``); 1 is what
+            training used, 0 the specification's decoder. Ignored without a path.
+        residual: output ``source + decode(z) - decode(encode(source))`` (HU) instead of
+            ``decode(z)``.
     """
 
     def __init__(
@@ -88,6 +103,8 @@ class CTEnhancer(nn.Module):
         image_tile=(16, 128, 128),
         image_overlap=(4, 32, 32),
         window_batch_size: int = 4,
+        fidelity_weight: float = 1.0,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         self.autoencoder = autoencoder
@@ -109,6 +126,8 @@ class CTEnhancer(nn.Module):
         self.image_tile = tuple(image_tile)
         self.image_overlap = tuple(image_overlap)
         self.window_batch_size = window_batch_size
+        self.fidelity_weight = float(fidelity_weight)
+        self.residual = bool(residual)
 
     # --- file format ----------------------------------------------------------------------------
     def get_extra_state(self) -> dict[str, Any]:
@@ -120,6 +139,7 @@ class CTEnhancer(nn.Module):
             "schedule": self.schedule.to_config(),
             "hu_windows": [list(w) for w in self.windows.windows],
             "geometry": {k: list(getattr(self, k)) for k in GEOMETRY},
+            "output": {k: getattr(self, k) for k in OUTPUT},
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -136,13 +156,16 @@ class CTEnhancer(nn.Module):
         # the windows the U-Net was trained on belong to the model, not to the caller's config
         for key, value in state.get("geometry", {}).items():
             setattr(self, key, tuple(value))
+        for key, value in state.get("output", {}).items():
+            setattr(self, key, value)
 
     @classmethod
     def from_file(cls, path: str | Path, map_location="cpu", **settings) -> CTEnhancer:
         """Build the networks from the file's own hyper-parameters and load the weights.
 
-        ``settings`` are sampler settings (steps, eta, seed, ...); the tiling geometry stored in the
-        file wins over a ``settings`` value only when the caller gives none.
+        ``settings`` are sampler settings (steps, eta, seed, ...); the tiling geometry and output
+        settings (``fidelity_weight``, ``residual``) stored in the file win over a ``settings``
+        value only when the caller gives none.
         """
         path = Path(path)
         if not path.is_file():
@@ -162,6 +185,9 @@ class CTEnhancer(nn.Module):
         for key in GEOMETRY:
             if key in settings:
                 setattr(enhancer, key, tuple(settings[key]))
+        for key in OUTPUT:
+            if key in settings:
+                setattr(enhancer, key, type(getattr(enhancer, key))(settings[key]))
         return enhancer.eval()
 
     def save(self, path: str | Path) -> None:
@@ -171,6 +197,10 @@ class CTEnhancer(nn.Module):
     @property
     def vae_factor(self) -> int:
         return self.autoencoder.downsample_factor
+
+    @property
+    def has_fidelity_path(self) -> bool:
+        return getattr(self.autoencoder, "fidelity", None) is not None
 
     def forward(self, source_hu: torch.Tensor) -> torch.Tensor:
         """(B, 1, S, H, W) or (1, S, H, W) HU -> enhanced HU of the same shape (the sample mean).
@@ -193,9 +223,13 @@ class CTEnhancer(nn.Module):
         num_samples: int | None = None,
         seed: int | None = None,
         progress: bool = False,
+        fidelity_weight: float | None = None,
+        residual: bool | None = None,
     ) -> Enhancement:
         """Enhance a whole volume; settings default to the module's; ``progress`` shows a tqdm bar
         of the DDIM steps of each sample."""
+        fidelity_weight = self.fidelity_weight if fidelity_weight is None else float(fidelity_weight)
+        residual = self.residual if residual is None else bool(residual)
         steps = num_inference_steps or self.num_inference_steps
         eta = self.eta if eta is None else eta
         strength = self.strength if strength is None else strength
@@ -213,7 +247,10 @@ class CTEnhancer(nn.Module):
         device = self.scale_factor.device
         x = x.to(device=device, dtype=torch.float32)
         padded, crop = self._pad(x)
-        condition = self.encode(self.windows.to_channels(padded)) * self.scale_factor
+        source = self.windows.to_channels(padded)
+        condition = self.encode(source) * self.scale_factor
+        if residual:  # what the bottleneck does to the source, subtracted from every sample
+            source_recon = self.windows.to_hu(self.decode(condition / self.scale_factor, source, fidelity_weight))
 
         sampler = DDIMSampler(self.schedule, num_inference_steps=steps, eta=eta)
         denoiser = TiledDenoiser(
@@ -227,7 +264,9 @@ class CTEnhancer(nn.Module):
             z = noise if strength >= 1 else sampler.start_from(condition, strength, noise)
             z0 = sampler.sample(lambda z_t, t: denoiser(z_t, t, condition), z, generator=generator, strength=strength,
                                 progress=progress)
-            hu = self.windows.to_hu(self.decode(z0 / self.scale_factor))
+            hu = self.windows.to_hu(self.decode(z0 / self.scale_factor, source, fidelity_weight))
+            if residual:
+                hu = padded + (hu - source_recon)
             samples.append(hu[crop])
         stack = torch.stack(samples)
         mean = stack.mean(0)
@@ -238,11 +277,35 @@ class CTEnhancer(nn.Module):
         return Enhancement(hu=mean, uncertainty=spread)
 
     @torch.no_grad()
-    def reconstruct(self, hu: torch.Tensor) -> torch.Tensor:
-        """decode(encode(hu)) in HU: the ceiling of any latent model on this volume."""
-        padded, crop = self._pad(hu.unsqueeze(0) if hu.dim() == 4 else hu)
-        out = self.windows.to_hu(self.decode(self.encode(self.windows.to_channels(padded))))[crop]
-        return out[0] if hu.dim() == 4 else out
+    def reconstruct(
+        self, hu: torch.Tensor, source_hu: torch.Tensor | None = None, fidelity_weight: float | None = None
+    ) -> torch.Tensor:
+        """decode(encode(hu)) in HU: the specification's ceiling of any latent model on this volume.
+
+        With ``source_hu`` (same shape) and a fidelity path, the decoder also gets the source's
+        features (gates scaled by ``fidelity_weight``, default the module's): the ceiling of the
+        path, decode(encode(target), source). Without ``source_hu`` the path is off.
+        """
+        unbatched = hu.dim() == 4
+        padded, crop = self._pad(hu.unsqueeze(0) if unbatched else hu)
+        source = None
+        if source_hu is not None:
+            source = self.windows.to_channels(self._pad(source_hu.unsqueeze(0) if unbatched else source_hu)[0])
+        weight = self.fidelity_weight if fidelity_weight is None else fidelity_weight
+        out = self.windows.to_hu(self.decode(self.encode(self.windows.to_channels(padded)), source, weight))[crop]
+        return out[0] if unbatched else out
+
+    @torch.no_grad()
+    def ceiling(self, source_hu: torch.Tensor, target_hu: torch.Tensor) -> torch.Tensor:
+        """The best this model's output can be: its output formula (fidelity path and residual as
+        configured) with the denoised latent replaced by the target's own, in HU.
+
+        Without a path and residual it is :meth:`reconstruct` of the target.
+        """
+        best = self.reconstruct(target_hu, source_hu if self.has_fidelity_path else None)
+        if self.residual:
+            best = source_hu + best - self.reconstruct(source_hu, source_hu if self.has_fidelity_path else None)
+        return best
 
     def encode(self, channels: torch.Tensor) -> torch.Tensor:
         """Posterior mean of the VAE, in overlapping image tiles."""
@@ -251,13 +314,26 @@ class CTEnhancer(nn.Module):
             out_channels=self.autoencoder.config["latent_channels"], scale=(1, 1 / self.vae_factor, 1 / self.vae_factor),
         )
 
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+    def decode(
+        self, latent: torch.Tensor, source: torch.Tensor | None = None, fidelity_weight: float | None = None
+    ) -> torch.Tensor:
+        """Decode in overlapping tiles; ``source`` (window channels on the image grid) feeds the
+        fidelity path, if the VAE has one and the weight is not 0."""
         f = self.vae_factor
         window = (self.image_tile[0], self.image_tile[1] // f, self.image_tile[2] // f)
         overlap = (self.image_overlap[0], self.image_overlap[1] // f, self.image_overlap[2] // f)
+        weight = self.fidelity_weight if fidelity_weight is None else fidelity_weight
+        if source is None or not self.has_fidelity_path or weight == 0:
+            return tiled_apply(
+                self.autoencoder.decode, latent, window=window, overlap=overlap,
+                out_channels=self.autoencoder.config["out_channels"], scale=(1, f, f),
+            )
+        # the source rides along on the latent grid (f x f pixels folded into channels), so each
+        # latent tile meets exactly its own image tile
         return tiled_apply(
-            self.autoencoder.decode, latent, window=window, overlap=overlap,
-            out_channels=self.autoencoder.config["out_channels"], scale=(1, f, f),
+            lambda z, packed: self.autoencoder.decode(z, source=unfold_in_plane(packed, f), fidelity_weight=weight),
+            latent, window=window, overlap=overlap, out_channels=self.autoencoder.config["out_channels"],
+            scale=(1, f, f), spatial_inputs=(fold_in_plane(source, f),),
         )
 
     def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[slice, ...]]:
@@ -274,6 +350,22 @@ class CTEnhancer(nn.Module):
             if new_s > s:
                 x = torch.cat([x, x[:, :, -1:].expand(-1, -1, new_s - s, -1, -1)], dim=2)
         return x, (slice(None), slice(None), slice(0, s), slice(0, h), slice(0, w))
+
+
+def fold_in_plane(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """``(B, C, S, H, W) -> (B, C * factor**2, S, H / factor, W / factor)``: each ``factor x factor``
+    in-plane block into channels (a 3D pixel-unshuffle that leaves slices alone)."""
+    b, c, s, h, w = x.shape
+    x = x.reshape(b, c, s, h // factor, factor, w // factor, factor)
+    return x.permute(0, 1, 4, 6, 2, 3, 5).reshape(b, c * factor * factor, s, h // factor, w // factor)
+
+
+def unfold_in_plane(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Inverse of :func:`fold_in_plane`."""
+    b, cff, s, h, w = x.shape
+    c = cff // (factor * factor)
+    x = x.reshape(b, c, factor, factor, s, h, w)
+    return x.permute(0, 1, 4, 5, 2, 6, 3).reshape(b, c, s, h * factor, w * factor)
 
 
 def _plain(value):

@@ -1,0 +1,145 @@
+"""CTEnhancer with a fidelity path and a residual output: off / weight 0 is the spec model exactly,
+the ceilings are decode(encode(target)) computed directly, the settings travel in model.pt."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bundle.inference import CTEnhancer
+from bundle.inference.enhancer import fold_in_plane, unfold_in_plane
+from bundle.networks import ConditionalUNet3D, VideoVAE
+
+TILES = dict(latent_window=(8, 8, 8), latent_overlap=(4, 4, 4), image_tile=(8, 64, 64), image_overlap=(4, 32, 32))
+VAE = dict(channels=(8, 16, 16, 16), norm_num_groups=4, num_res_blocks=1, num_mid_blocks=1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _perturb(module: nn.Module, seed: int, std: float) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * std)
+    return module
+
+
+def enhancers(**settings) -> tuple[CTEnhancer, CTEnhancer]:
+    """(spec model, the same model with a fidelity path whose gates are open): shared weights."""
+    torch.manual_seed(0)
+    spec_vae = VideoVAE(**VAE)
+    unet = _perturb(
+        ConditionalUNet3D(model_channels=16, channel_mult=(1, 2, 2, 2), num_heads=2, norm_num_groups=4,
+                          time_embed_dim=32, num_res_blocks=1),
+        seed=0, std=0.05,
+    )
+    path_vae = VideoVAE(**VAE, fidelity_channels=[8, 16])
+    path_vae.load_state_dict(spec_vae.state_dict(), strict=False)
+    _perturb(path_vae.fidelity, seed=1, std=0.5)
+    common = {**TILES, "num_inference_steps": 2, "scale_factor": 0.7, **settings}
+    return CTEnhancer(spec_vae, unet, **common).eval(), CTEnhancer(path_vae, unet, **common).eval()
+
+
+def phantom(shape=(1, 8, 64, 64), seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    hu = torch.full(shape, -1000.0)
+    hu[..., 8:56, 12:52] = 40.0 + 30 * torch.randn((*shape[:-2], 48, 40), generator=g)
+    return hu
+
+
+def test_weight_zero_is_the_spec_model_bitwise():
+    spec, with_path = enhancers()
+    source = phantom()
+    reference = spec.enhance(source).hu
+    assert torch.equal(with_path.enhance(source, fidelity_weight=0.0).hu, reference)
+    with_path.fidelity_weight = 0.0
+    assert torch.equal(with_path(source), reference)
+    # the path is live at weight 1
+    assert (with_path.enhance(source, fidelity_weight=1.0).hu - reference).abs().max() > 1.0
+
+
+def test_ceilings_are_decode_encode_of_the_target_computed_directly():
+    spec, with_path = enhancers()
+    source, target = phantom(seed=1), phantom(seed=2)
+    windows = spec.windows
+    s, t = windows.to_channels(source[None]), windows.to_channels(target[None])
+    with torch.no_grad():  # one tile covers the 8 x 64 x 64 volume: no blending
+        plain = windows.to_hu(spec.autoencoder.decode(spec.autoencoder.encode(t)))[0]
+        vae = with_path.autoencoder
+        through_path = windows.to_hu(vae.decode(vae.encode(t), source=s, fidelity_weight=1.0))[0]
+    assert torch.allclose(spec.reconstruct(target), plain, atol=1e-3)
+    assert torch.allclose(spec.ceiling(source, target), plain, atol=1e-3)  # no path, no residual
+    # with a path: reconstruct without a source is the spec's ceiling, ceiling() uses the path
+    assert torch.allclose(with_path.reconstruct(target), plain, atol=1e-3)
+    assert torch.allclose(with_path.reconstruct(target, source), through_path, atol=1e-3)
+    assert torch.allclose(with_path.ceiling(source, target), through_path, atol=1e-3)
+    assert (through_path - plain).abs().max() > 1.0
+
+
+def test_residual_output_is_a_correction_added_to_the_source():
+    spec, _ = enhancers(residual=True)
+    source, target = phantom(seed=1), phantom(seed=2)
+    plain = spec.enhance(source, residual=False).hu
+    with torch.no_grad():
+        source_recon = spec.reconstruct(source)
+    # (float32 rounding of ~1000 HU values through the latent scale and the windows: < 0.05 HU)
+    assert torch.allclose(spec.enhance(source).hu, source + plain - source_recon, atol=0.05)
+    expected_ceiling = source + spec.reconstruct(target) - source_recon
+    assert torch.allclose(spec.ceiling(source, target), expected_ceiling, atol=0.05)
+
+
+class LocalPathVAE(nn.Module):
+    """A local stand-in for a VAE with a fidelity path: decode(z, source) = upsampled conv of z
+    + weight * conv(source), so tiled decoding must equal untiled up to blending rounding."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = dict(in_channels=3, out_channels=3, latent_channels=4)
+        self.downsample_factor = 8
+        self.fidelity = nn.Conv3d(3, 3, 3, padding=1)
+        self.encoder = nn.Conv3d(3, 4, 1)
+        self.decoder = nn.Conv3d(4, 3, 1)
+
+    def encode(self, x):
+        return F.avg_pool3d(self.encoder(x), (1, 8, 8))
+
+    def decode(self, z, source=None, fidelity_weight=1.0):
+        out = self.decoder(F.interpolate(z, scale_factor=(1, 8, 8), mode="nearest"))
+        return out if source is None else out + fidelity_weight * self.fidelity(source)
+
+
+def test_tiled_decode_hands_each_tile_its_own_source_region():
+    torch.manual_seed(0)
+    spec, _ = enhancers()
+    enhancer = CTEnhancer(LocalPathVAE(), spec.unet, **TILES).eval()
+    source = enhancer.windows.to_channels(phantom((1, 1, 20, 152, 136)))
+    latent = torch.randn(1, 4, 20, 19, 17)
+    with torch.no_grad():
+        whole = enhancer.autoencoder.decode(latent, source=source, fidelity_weight=0.5)
+        tiled = enhancer.decode(latent, source, fidelity_weight=0.5)
+    assert (tiled - whole).abs().max() <= 1e-4 * whole.abs().max()
+    x = torch.randn(2, 3, 4, 16, 24)
+    assert torch.equal(unfold_in_plane(fold_in_plane(x, 8), 8), x)
+
+
+def test_model_file_keeps_the_path_and_output_settings(tmp_path):
+    _, with_path = enhancers(fidelity_weight=0.7, residual=True)
+    path = tmp_path / "model.pt"
+    with_path.save(path)
+    state = torch.load(path, weights_only=True)
+    assert state["_extra_state"]["autoencoder"]["fidelity_channels"] == [8, 16]
+    assert state["_extra_state"]["output"] == {"fidelity_weight": 0.7, "residual": True}
+    loaded = CTEnhancer.from_file(path, num_inference_steps=2)  # sampler settings are not stored
+    assert loaded.has_fidelity_path and loaded.fidelity_weight == 0.7 and loaded.residual is True
+    source = phantom()
+    assert torch.equal(loaded.enhance(source).hu, with_path.enhance(source).hu)
+    overridden = CTEnhancer.from_file(path, fidelity_weight=0.0, residual=False)  # the caller wins
+    assert overridden.fidelity_weight == 0.0 and overridden.residual is False
