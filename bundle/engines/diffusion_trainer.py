@@ -6,7 +6,9 @@ epoch boundary): the VAE encoder and decoder join the optimizer as their own par
 ``layer_lr_multipliers`` times the U-Net's rate. The diffusion loss then flows into the encoder,
 so the loss also carries the VAE's own terms (L1 reconstruction of the target from its sampled
 latent, KL on source and target) to keep the latent from collapsing toward whatever makes noise
-prediction easy.
+prediction easy. A VAE with a fidelity path (``bundle.networks.fidelity``) trains it here too, with
+the term of VAE pre-training (the target from its latent plus the source's features); the path's
+parameters join the decoder's group.
 
 MONAI's ``LatentDiffusionInferer`` encodes under ``no_grad`` and cannot do phase 2, hence this
 iteration.
@@ -22,6 +24,7 @@ from ignite.engine import Events
 
 from bundle.engines.base import RecipeTrainer
 from bundle.engines.handlers import EMA, TrainingState
+from bundle.engines.losses import ReconstructionLoss
 from bundle.engines.reproducible import iteration_generator
 from bundle.engines.vae_stage import sample_posterior
 from bundle.networks import kl_divergence
@@ -42,6 +45,10 @@ class LatentDiffusionTrainer(RecipeTrainer):
         phase1_epochs: epochs with the VAE frozen.
         layer_lr_multipliers: ``{"encoder", "decoder", "unet"}`` multipliers of the base lr.
         recon_weight, kl_weight: weights of the VAE terms in phase 2.
+        ssim_weight, gradient_weight, frequency_weight: extra terms of the phase-2 reconstruction
+            loss (:class:`~bundle.engines.losses.ReconstructionLoss`, as in VAE pre-training).
+        fidelity_loss_weight: weight of the fidelity path's reconstruction term in phase 2 (a VAE
+            with ``.fidelity``), relative to ``recon_weight``.
         ema_decay: decay of the U-Net EMA used for validation and export.
         enhancer_settings: ``CTEnhancer`` settings for validation and export, e.g. the tiling
             geometry of the training slab (``latent_window``, ``image_tile``, overlaps).
@@ -62,9 +69,17 @@ class LatentDiffusionTrainer(RecipeTrainer):
         kl_weight: float = 1e-6,
         ema_decay: float = 0.999,
         enhancer_settings: dict | None = None,
+        ssim_weight: float = 0.0,
+        gradient_weight: float = 0.0,
+        frequency_weight: float = 0.0,
+        fidelity_loss_weight: float = 1.0,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.reconstruction_loss = ReconstructionLoss(
+            l1=1.0, ssim=ssim_weight, gradient=gradient_weight, frequency=frequency_weight
+        )
+        self.fidelity_loss_weight = fidelity_loss_weight
         self.vae = vae
         self.unet = unet
         self.schedule = schedule
@@ -107,11 +122,15 @@ class LatentDiffusionTrainer(RecipeTrainer):
         """Unfreeze the VAE and add its encoder and decoder as parameter groups."""
         base = self.optimizer.param_groups[0]["base_lr"] / self.layer_lr_multipliers["unet"]
         for name in ("encoder", "decoder"):
-            module = getattr(self.vae, name)
-            module.requires_grad_(True)
+            modules = [getattr(self.vae, name)]
+            if name == "decoder" and getattr(self.vae, "fidelity", None) is not None:
+                modules.append(self.vae.fidelity)  # the decoder's skips and their source features
+            params = [p for module in modules for p in module.parameters()]
+            for p in params:
+                p.requires_grad_(True)
             lr = base * self.layer_lr_multipliers[name]
-            self.optimizer.add_param_group({"params": list(module.parameters()), "lr": lr, "base_lr": lr, "name": name})
-        # parameters of the VAE outside encoder/decoder (none in VideoVAE) would stay frozen
+            self.optimizer.add_param_group({"params": params, "lr": lr, "base_lr": lr, "name": name})
+        # parameters of the VAE outside encoder/decoder/fidelity (none in VideoVAE) would stay frozen
         self.vae.train()
         self.training_state.phase = 2
         logger.info("phase 2 at epoch %d: VAE trainable, lrs %s", self.state.epoch,
@@ -143,10 +162,14 @@ class LatentDiffusionTrainer(RecipeTrainer):
         loss = loss_diffusion
         if joint:
             recon = self.vae.decode(z_target)
-            loss_recon = F.l1_loss(recon.float(), target.float())
+            loss_recon, _ = self.reconstruction_loss(recon, target)
             loss_kl = kl_divergence(mean.float(), logvar.float())
             loss = loss + self.recon_weight * loss_recon + self.kl_weight * loss_kl
             terms.update(loss_recon=float(loss_recon.detach()), loss_kl=float(loss_kl.detach()))
+            if getattr(self.vae, "fidelity", None) is not None and self.fidelity_loss_weight > 0:
+                loss_fidelity, _ = self.reconstruction_loss(self.vae.decode(z_target, source=source), target)
+                loss = loss + self.recon_weight * self.fidelity_loss_weight * loss_fidelity
+                terms["loss_fidelity"] = float(loss_fidelity.detach())
         return loss, terms
 
     def after_optimizer_step(self) -> None:

@@ -2,7 +2,9 @@
 
 Loss on source and target slabs together: L1 reconstruction + ``kl_weight`` * KL, and optionally
 an adversarial patch term (MONAI's ``PatchDiscriminator`` with a least-squares loss) switched on
-by ``adversarial_weight > 0``. No loss needs downloaded weights.
+by ``adversarial_weight > 0``, SSIM / gradient / frequency terms (``bundle.engines.losses``) and,
+for a VAE with a fidelity path, the path's term: the TARGET reconstructed from the target's
+latent plus the source's features. No loss needs downloaded weights.
 
 At the end the stage computes the latent scale factor (1 / std of training latents) once and
 writes ``<ckpt_dir>/vae_final.pt``; a later run finds that file and skips the stage.
@@ -17,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from bundle.engines.base import RecipeTrainer
+from bundle.engines.losses import ReconstructionLoss
 from bundle.engines.reproducible import iteration_generator
 from bundle.networks import kl_divergence
 from bundle.utils.io import atomic_torch_save
@@ -65,6 +68,12 @@ class VAEStage(RecipeTrainer):
         pretrained: path of trained VAE weights (a ``vae_final.pt`` or a plain state dict):
             the stage then only loads them (and computes the scale factor if missing).
         scale_factor_batches: training batches used to estimate the scale factor.
+        ssim_weight, gradient_weight, frequency_weight: extra reconstruction terms
+            (:class:`~bundle.engines.losses.ReconstructionLoss`); 0 is the spec's L1 alone.
+        fidelity_loss_weight: weight of the fidelity path's term (a VAE with ``.fidelity``):
+            the target reconstructed from its sampled latent and the source's features, with
+            the same reconstruction loss. The plain reconstructions of both slabs stay in the
+            loss, so the decoder without the path (weight 0) remains a working autoencoder.
     """
 
     checkpoint_prefix = "vae"
@@ -79,10 +88,18 @@ class VAEStage(RecipeTrainer):
         discriminator_optimizer=None,
         pretrained: str | None = None,
         scale_factor_batches: int = 8,
+        ssim_weight: float = 0.0,
+        gradient_weight: float = 0.0,
+        frequency_weight: float = 0.0,
+        fidelity_loss_weight: float = 1.0,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.vae = vae
+        self.reconstruction_loss = ReconstructionLoss(
+            l1=1.0, ssim=ssim_weight, gradient=gradient_weight, frequency=frequency_weight
+        )
+        self.fidelity_loss_weight = fidelity_loss_weight
         self.kl_weight = kl_weight
         self.adversarial_weight = adversarial_weight
         if adversarial_weight > 0 and (discriminator is None or discriminator_optimizer is None):
@@ -102,11 +119,19 @@ class VAEStage(RecipeTrainer):
         x = torch.cat([batch["source"], batch["target"]]).to(device)
         generator = iteration_generator(self.seed, self.state.iteration, device)
         mean, logvar = self.vae.encode_moments(x)
-        recon = self.vae.decode(sample_posterior(mean, logvar, generator))
-        l1 = F.l1_loss(recon.float(), x.float())
+        z = sample_posterior(mean, logvar, generator)
+        recon = self.vae.decode(z)
+        loss_recon, terms = self.reconstruction_loss(recon, x)
         kl = kl_divergence(mean.float(), logvar.float())
-        loss = l1 + self.kl_weight * kl
-        terms = {"l1": float(l1.detach()), "kl": float(kl.detach())}
+        loss = loss_recon + self.kl_weight * kl
+        terms["kl"] = float(kl.detach())
+        if getattr(self.vae, "fidelity", None) is not None and self.fidelity_loss_weight > 0:
+            source = x[: batch["source"].shape[0]]
+            target = x[batch["source"].shape[0]:]
+            recon_fidelity = self.vae.decode(z[source.shape[0]:], source=source)
+            loss_fidelity, fidelity_terms = self.reconstruction_loss(recon_fidelity, target)
+            loss = loss + self.fidelity_loss_weight * loss_fidelity
+            terms.update({f"fidelity_{k}": v for k, v in fidelity_terms.items()})
         if self.discriminator is not None:
             adv_g, adv_d = self._adversarial(recon, x)
             loss = loss + self.adversarial_weight * adv_g

@@ -4,7 +4,8 @@ Each validation pair is enhanced by the same ``CTEnhancer`` that inference uses 
 trainer's current VAE and U-Net EMA, with fewer DDIM steps), and three rows are scored side by
 side so a run shows where it stands: ``identity`` (the low-dose input as the answer),
 ``vae_ceiling`` (decode(encode(target)): nothing the latent model outputs can beat it) and
-``model``. Metrics are per-slice PSNR/SSIM/RMSE in each configured window plus whole-volume PSNR
+``model``; a model with a fidelity path or a residual output adds ``ceiling``, its own output
+formula with the target's latent (``CTEnhancer.ceiling``). Metrics are per-slice PSNR/SSIM/RMSE in each configured window plus whole-volume PSNR
 (``bundle.evaluation.metrics``). The key metric is the model's soft-tissue-window PSNR.
 """
 
@@ -68,10 +69,13 @@ class EnhancementValidator(Evaluator):
         target = batchdata["target"].to(self.state.device)
         enhancer = self._enhancer
         with torch.no_grad():
-            ceiling = enhancer.reconstruct(target)
+            rows = [("identity", source), ("vae_ceiling", enhancer.reconstruct(target))]
+            if enhancer.has_fidelity_path or enhancer.residual:
+                rows.append(("ceiling", enhancer.ceiling(source, target)))
             model = enhancer(source)
+            rows.append(("model", model))
         for b in range(source.shape[0]):
-            for name, pred in (("identity", source), ("vae_ceiling", ceiling), ("model", model)):
+            for name, pred in rows:
                 self._rows[name].append(
                     {window_name(w): volume_metrics(pred[b], target[b], w) for w in self.windows}
                 )

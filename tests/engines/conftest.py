@@ -24,6 +24,24 @@ TINY_NETWORK = {
 }
 
 
+# The fidelity settings (docs/fidelity.md) on top of the tiny recipe: a fidelity path at the
+# three finest levels, every extra reconstruction term, the residual output.
+FIDELITY_OVERRIDES = {
+    "network#fidelity_channels": [8, 16, 16],
+    "ssim_weight": 0.5,
+    "gradient_weight": 0.5,
+    "frequency_weight": 0.5,
+    "residual_output": True,
+    "fidelity_weight": 0.8,
+}
+
+
+@pytest.fixture(params=["spec", "fidelity"])
+def recipe_variant(request) -> tuple[str, dict]:
+    """(name, overrides on top of tiny_overrides): the spec recipe and the fidelity settings."""
+    return request.param, (dict(FIDELITY_OVERRIDES) if request.param == "fidelity" else {})
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     # two OpenMP threads on a shared 2-core runner spin against each other: one is faster

@@ -32,14 +32,19 @@ def snapshot(module: torch.nn.Module) -> dict:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def test_whole_recipe_phases_and_model_file(tiny_overrides):
-    parser = make_parser(tiny_overrides)
+def test_whole_recipe_phases_and_model_file(tiny_overrides, recipe_variant):
+    variant, variant_overrides = recipe_variant
+    parser = make_parser({**tiny_overrides, **variant_overrides})
     vae_stage = parser.get_parsed_content("vae_stage")
     trainer = parser.get_parsed_content("diffusion_trainer")
+    fidelity = trainer.vae.fidelity
+    assert (fidelity is not None) == (variant == "fidelity")
     vae_stage.run()
     assert vae_stage.final_path.is_file()
     scale = vae_stage.scale_factor
     assert scale > 0
+    if fidelity is not None:  # VAE pre-training opened the zero-initialised gates
+        assert all(torch.count_nonzero(skip.gate) > 0 for skip in fidelity.skips)
 
     before = snapshot(trainer.vae)
     seen = {}
@@ -56,6 +61,10 @@ def test_whole_recipe_phases_and_model_file(tiny_overrides):
     # phase 2: the VAE changed; groups at lr, 0.1 lr, 0.1 lr
     after = snapshot(trainer.vae)
     assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
+    if fidelity is not None:  # the path trains with the decoder, in its group
+        decoder_group = next(g for g in trainer.optimizer.param_groups if g["name"] == "decoder")
+        assert {id(p) for p in fidelity.parameters()} <= {id(p) for p in decoder_group["params"]}
+        assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("fidelity."))
     lr = tiny_overrides.get("lr", 1e-4)
     base = {g["name"]: g["base_lr"] for g in trainer.optimizer.param_groups}
     assert base == pytest.approx({"unet": lr, "encoder": 0.1 * lr, "decoder": 0.1 * lr})
@@ -71,6 +80,12 @@ def test_whole_recipe_phases_and_model_file(tiny_overrides):
     # the U-Net window of inference is the training slab's latent (8 x 64 x 64 / 8 in-plane)
     assert extra["geometry"]["latent_window"] == [8, 8, 8]
     assert extra["geometry"]["image_tile"] == [8, 64, 64]
+    if variant == "fidelity":
+        assert extra["autoencoder"]["fidelity_channels"] == [8, 16, 16]
+        assert extra["output"] == {"fidelity_weight": 0.8, "residual": True}
+    else:
+        assert "fidelity_channels" not in extra["autoencoder"]
+        assert extra["output"] == {"fidelity_weight": 1.0, "residual": False}
 
     from bundle.inference import CTEnhancer
 
@@ -84,8 +99,9 @@ def test_whole_recipe_phases_and_model_file(tiny_overrides):
     assert all(torch.equal(enhancer.unet.state_dict()[k], ema[k]) for k in ema)
 
 
-def test_resume_matches_uninterrupted_run(tiny_overrides, tmp_path):
-    overrides = {**tiny_overrides, "val_interval": 100}  # validation does not touch training state
+def test_resume_matches_uninterrupted_run(tiny_overrides, recipe_variant, tmp_path):
+    # validation does not touch training state
+    overrides = {**tiny_overrides, **recipe_variant[1], "val_interval": 100}
 
     def run(output_dir, stop_at=None):
         parser = make_parser({**overrides, "output_dir": str(output_dir)})

@@ -1,0 +1,61 @@
+"""Reconstruction losses of the VAE (pre-training and phase 2), on HU-window channels in [-1, 1].
+
+L1 alone is the spec's recipe; it is dominated by the large, flat regions and lets an
+autoencoder blur edges and fine texture, which is what the soft-tissue window shows. Optional
+terms push on exactly that, none needs downloaded weights:
+
+- ``ssim``: 1 - SSIM per axial slice (2D Gaussian window, MONAI's ``SSIMLoss``, data range 2);
+- ``gradient``: L1 of the finite differences along rows, columns and slices (edges);
+- ``frequency``: L1 of the difference of the in-plane 2D spectra (orthonormal FFT), which
+  weighs every spatial frequency alike where pixel L1 is mostly low frequencies.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.losses import SSIMLoss
+
+__all__ = ["ReconstructionLoss"]
+
+
+class ReconstructionLoss:
+    """``l1 * L1 + ssim * (1 - SSIM) + gradient * L1(grad) + frequency * L1(FFT)``.
+
+    Args:
+        l1, ssim, gradient, frequency: term weights (0 leaves a term out, not even computed).
+
+    ``loss(recon, target) -> (total, {term: float})`` with ``(B, C, T, H, W)`` inputs; the terms
+    are computed in float32 whatever the autocast precision.
+    """
+
+    def __init__(self, l1: float = 1.0, ssim: float = 0.0, gradient: float = 0.0, frequency: float = 0.0) -> None:
+        self.weights = {"l1": float(l1), "ssim": float(ssim), "gradient": float(gradient), "frequency": float(frequency)}
+        if any(w < 0 for w in self.weights.values()):
+            raise ValueError(f"reconstruction loss weights must be >= 0, got {self.weights}.")
+        if not any(self.weights.values()):
+            raise ValueError("at least one reconstruction loss weight must be > 0.")
+        self._ssim = SSIMLoss(spatial_dims=2, data_range=2.0, win_size=7, kernel_sigma=1.5) if ssim > 0 else None
+
+    def __call__(self, recon: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        recon, target = recon.float(), target.float()
+        values = {}
+        if self.weights["l1"]:
+            values["l1"] = F.l1_loss(recon, target)
+        if self.weights["ssim"]:
+            values["ssim"] = self._ssim(_slices(recon), _slices(target))
+        if self.weights["gradient"]:
+            values["gradient"] = sum(
+                F.l1_loss(torch.diff(recon, dim=d), torch.diff(target, dim=d)) for d in (2, 3, 4)
+            ) / 3
+        if self.weights["frequency"]:
+            diff = torch.fft.rfft2(recon, norm="ortho") - torch.fft.rfft2(target, norm="ortho")
+            values["frequency"] = diff.abs().mean()
+        total = sum(self.weights[k] * v for k, v in values.items())
+        return total, {k: float(v.detach()) for k, v in values.items()}
+
+
+def _slices(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B * T, C, H, W): axial slices as 2D images."""
+    b, c, t, h, w = x.shape
+    return x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
