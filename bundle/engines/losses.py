@@ -38,7 +38,12 @@ class ReconstructionLoss:
         self._ssim = SSIMLoss(spatial_dims=2, data_range=2.0, win_size=7, kernel_sigma=1.5) if ssim > 0 else None
 
     def __call__(self, recon: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        recon, target = recon.float(), target.float()
+        # float32 outside autocast: SSIM's local variances (E[x^2] - E[x]^2) in bfloat16 cancel to
+        # negative values and the loss to -inf (measured on the demo)
+        with torch.autocast(recon.device.type, enabled=False):
+            return self._terms(recon.float(), target.float())
+
+    def _terms(self, recon: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         values = {}
         if self.weights["l1"]:
             values["l1"] = F.l1_loss(recon, target)
