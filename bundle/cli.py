@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "bundle.commands.datalist",
     "bundle.commands.demo_data",
     "bundle.commands.simulate",
+    "bundle.commands.evaluate",
     "bundle.commands.enhance",
 ]
 

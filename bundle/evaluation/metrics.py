@@ -5,13 +5,20 @@
   usual constants) on the window scaled to [0, 1].
 - Slices that are almost all air (tissue fraction of the target, HU > -500, below
   ``min_tissue_fraction``) are left out: inside a narrow window they have near-zero error and an
-  unbounded PSNR that swamps the mean (see ../shared/notes/ldct.md). ``volume_psnr`` is computed
-  over the whole volume too, which needs no exclusion.
+  unbounded PSNR that swamps the mean (see ../shared/notes/ldct.md). ``volume_psnr`` is one PSNR
+  of the squared error pooled over the same slices, so no single near-perfect slice can dominate it.
 - A perfect slice has infinite PSNR; it is capped at ``PSNR_CAP`` dB so means stay finite.
+- Noise sigma (HU) in flat regions: :func:`flat_region_mask` finds flat soft tissue in the TARGET
+  (low local standard deviation, inside the body), and :func:`noise_sigma` measures any output's
+  standard deviation there, per 2D region around its own mean. One mask per volume, shared by all
+  methods, so their sigmas compare.
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from monai.metrics import SSIMMetric
 
@@ -37,11 +44,20 @@ def psnr(mse: torch.Tensor, data_range: float) -> torch.Tensor:
     return value.clamp(max=PSNR_CAP)
 
 
-def volume_metrics(pred_hu, target_hu, window, min_tissue_fraction: float = 0.05) -> dict[str, float]:
-    """Per-slice mean PSNR/SSIM/RMSE in ``window`` over tissue slices, and whole-volume PSNR.
+def volume_metrics(
+    pred_hu, target_hu, window, min_tissue_fraction: float = 0.05, flat_mask=None
+) -> dict[str, float]:
+    """Per-slice mean PSNR/SSIM/RMSE in ``window`` over tissue slices, and one pooled volume PSNR.
+
+    Args:
+        pred_hu, target_hu: HU volumes of one shape, ``(..., S, H, W)``.
+        window: ``(lo, hi)`` in HU.
+        min_tissue_fraction: slices whose target has less tissue (HU > -500) are left out.
+        flat_mask: optional boolean ``(S, H, W)`` mask of flat regions (:func:`flat_region_mask`);
+            adds ``noise_sigma``, the prediction's noise there, in HU, after clipping to the window.
 
     Returns ``psnr``, ``ssim``, ``rmse`` (slice means), ``volume_psnr``, ``slices`` (used),
-    ``slices_excluded``.
+    ``slices_excluded`` (and ``noise_sigma`` when ``flat_mask`` is given).
     """
     lo, hi = float(window[0]), float(window[1])
     pred = _as_slices(pred_hu)
@@ -60,7 +76,7 @@ def volume_metrics(pred_hu, target_hu, window, min_tissue_fraction: float = 0.05
         ((p - lo) / width).float(), ((t - lo) / width).float()
     ).double().flatten()
     volume_mse = ((p[keep] - t[keep]) ** 2).mean()
-    return {
+    result = {
         "psnr": float(psnr(mse[keep], width).mean()),
         "ssim": float(ssim[keep].mean()),
         "rmse": float(mse[keep].sqrt().mean()),
@@ -68,6 +84,48 @@ def volume_metrics(pred_hu, target_hu, window, min_tissue_fraction: float = 0.05
         "slices": int(keep.sum()),
         "slices_excluded": int((~keep).sum()),
     }
+    if flat_mask is not None:
+        result["noise_sigma"] = noise_sigma(p, flat_mask)
+    return result
+
+
+def flat_region_mask(target_hu) -> np.ndarray:
+    """Boolean ``(S, H, W)`` mask of flat soft tissue in the target (see the module docstring).
+
+    Voxels in [-150, 200] HU whose 7 x 7 in-plane neighbourhood has a local standard deviation
+    near the volume's smallest (``bundle.data.simulate.find_flat_region``): the regions where
+    any remaining variation is noise rather than anatomy.
+    """
+    from bundle.data.simulate import find_flat_region
+
+    target = _as_slices(target_hu)[:, 0].numpy()
+    return find_flat_region(target)
+
+
+def noise_sigma(pred_hu, flat_mask) -> float:
+    """Standard deviation (HU) of ``pred_hu`` inside ``flat_mask``, each 2D region around its own
+    mean (regions under 16 voxels ignored); NaN when the mask is empty."""
+    from bundle.data.simulate import measure_noise_sigma
+
+    pred = _as_slices(pred_hu)[:, 0].numpy()
+    mask = np.asarray(flat_mask, dtype=bool).reshape(pred.shape)
+    return measure_noise_sigma(pred, mask)
+
+
+def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of each metric over volumes (each volume counts once); NaNs (no flat region) are
+    left out of ``noise_sigma``'s mean; counts (``slices``...) are summed."""
+    if not rows:
+        return {}
+    out = {}
+    for key in rows[0]:
+        values = [float(row[key]) for row in rows]
+        if key.startswith("slices"):
+            out[key] = int(sum(values))
+            continue
+        finite = [v for v in values if not math.isnan(v)]
+        out[key] = sum(finite) / len(finite) if finite else float("nan")
+    return out
 
 
 def _odd_sizes(slices: torch.Tensor) -> tuple[int, int]:

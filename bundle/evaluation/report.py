@@ -1,0 +1,268 @@
+"""Files of an evaluation run, all written atomically (``bundle.utils.io``):
+
+* ``report.md``: one table per window (methods x per-slice PSNR, SSIM, RMSE, volume PSNR, noise
+  sigma, seconds per volume), then the protocol, data, settings, tuning, plot and panels;
+* ``metrics.json``: ``{method: {window: {metric: mean over test volumes}}}``, e.g.
+  ``metrics["identity"]["[-160,240]"]["psnr"]``; only the methods that ran;
+* ``evaluation.json``: everything (per-volume numbers, seconds, tuning grids, statuses, settings);
+* ``panels/<patient>.png``: per test volume, one row per method: input, output, target,
+  |output - target|, uncertainty (sample spread; "n/a" for deterministic methods), one slice, in
+  the panel window;
+* ``psnr_vs_steps.png``: key-window PSNR against DDIM steps (with seconds per volume) next to
+  the baselines, and PSNR against seconds per volume for every method (quality vs time).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bundle.utils.io import atomic_path, atomic_write_json, atomic_write_text
+
+__all__ = ["save_panel", "save_steps_plot", "write_report", "safe_name"]
+
+METRIC_COLUMNS = (
+    ("psnr", "PSNR (dB)", "{:.2f}"),
+    ("ssim", "SSIM", "{:.4f}"),
+    ("rmse", "RMSE (HU)", "{:.2f}"),
+    ("volume_psnr", "volume PSNR (dB)", "{:.2f}"),
+    ("noise_sigma", "noise σ (HU)", "{:.2f}"),
+)
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe version of a patient id."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "volume"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on a server
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=fig.dpi, format=path.suffix.lstrip("."))
+
+
+def save_panel(
+    path: Path,
+    patient: str,
+    slice_index: int,
+    source: np.ndarray,
+    target: np.ndarray,
+    rows: dict[str, dict[str, np.ndarray | None]],
+    window=(-160.0, 240.0),
+    difference_max: float = 100.0,
+    note: str = "",
+) -> None:
+    """One PNG: per method a row ``input | output | target | |output - target| | uncertainty``.
+
+    ``rows``: ``{method: {"output": (H, W) HU, "uncertainty": (H, W) HU or None, "label": row
+    label (default the method's name)}}``. Images in
+    ``window`` (grey); the difference on ``[0, difference_max]`` HU; the uncertainty on
+    ``[0, its 99th percentile]`` HU (shown in the title).
+    """
+    plt = _pyplot()
+    lo, hi = window
+    columns = ("input", "output", "target", "|output − target|", "uncertainty")
+    n = max(1, len(rows))
+    fig, axes = plt.subplots(n, len(columns), figsize=(2.2 * len(columns), 2.3 * n + 0.4), dpi=80, squeeze=False)
+    title = f"{patient}, slice {slice_index}, window [{lo:g}, {hi:g}] HU" + (f"\n{note}" if note else "")
+    fig.suptitle(title, fontsize=9, y=0.998)
+    for r, (name, row) in enumerate(rows.items()):
+        output = row["output"]
+        images = [source, output, target]
+        for c, image in enumerate(images):
+            axes[r, c].imshow(image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+        # |difference| of the values a reader sees: both clipped to the display window
+        difference = np.abs(np.clip(output, lo, hi) - np.clip(target, lo, hi))
+        axes[r, 3].imshow(difference, cmap="magma", vmin=0, vmax=difference_max, interpolation="nearest")
+        uncertainty = row.get("uncertainty")
+        if uncertainty is None:
+            axes[r, 4].text(0.5, 0.5, "n/a", ha="center", va="center", transform=axes[r, 4].transAxes)
+            axes[r, 4].set_facecolor("0.9")
+            title_u = columns[4]
+        else:
+            top = float(np.percentile(uncertainty, 99)) or 1.0
+            axes[r, 4].imshow(uncertainty, cmap="viridis", vmin=0, vmax=top, interpolation="nearest")
+            title_u = f"uncertainty (0–{top:.3g} HU)"
+        for c in range(len(columns)):
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            if r == 0 or (c == 4 and uncertainty is not None):
+                title = {3: f"|diff| (0–{difference_max:g} HU)", 4: title_u}.get(c, columns[c])
+                axes[r, c].set_title(title, fontsize=8)
+        axes[r, 0].set_ylabel(row.get("label", name), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
+    _save_figure(fig, Path(path))
+    plt.close(fig)
+
+
+def save_steps_plot(path: Path, results: dict[str, Any], methods) -> str:
+    """Key-window PSNR against DDIM steps (and seconds), and PSNR against seconds per volume."""
+    plt = _pyplot()
+    key = results["key_window"]
+    rows = results["methods"]
+    ok = {name: row for name, row in rows.items() if row["status"] == "ok"}
+    plain = sorted(
+        (m.num_inference_steps, m.name) for m in methods if getattr(m, "is_plain", False) and m.name in ok
+    )
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=90)
+    if plain:
+        steps = [s for s, _ in plain]
+        psnr = [ok[name]["metrics"][key]["psnr"] for _, name in plain]
+        seconds = [ok[name]["seconds_per_volume"] for _, name in plain]
+        left.plot(steps, psnr, "o-", color="C0", label="diffusion (DDIM)")
+        twin = left.twinx()
+        twin.plot(steps, seconds, "s--", color="C1", alpha=0.7)
+        twin.set_ylabel("seconds per volume (squares)", color="C1")
+        twin.set_ylim(bottom=0)
+        left.set_xscale("log")
+        left.set_xticks(steps, [str(s) for s in steps])
+        left.set_xticks([], minor=True)
+    else:
+        left.text(0.5, 0.5, "no plain DDIM rows", ha="center", va="center", transform=left.transAxes)
+    for i, (name, row) in enumerate(ok.items()):
+        if name in {n for _, n in plain}:
+            continue
+        if getattr(next((m for m in methods if m.name == name), None), "num_inference_steps", None) is not None:
+            continue  # strength / mean-of-samples rows are on the right panel
+        left.axhline(row["metrics"][key]["psnr"], linestyle=":", color=f"C{(i + 2) % 10}", label=name)
+    left.set_xlabel("DDIM steps")
+    left.set_ylabel(f"PSNR {key} (dB, per-slice mean)")
+    left.set_title("quality vs sampling steps")
+    left.legend(fontsize=7, loc="best")
+    for i, (name, row) in enumerate(ok.items()):
+        right.scatter(max(row["seconds_per_volume"], 1e-3), row["metrics"][key]["psnr"], color=f"C{i % 10}")
+        right.annotate(name, (max(row["seconds_per_volume"], 1e-3), row["metrics"][key]["psnr"]), fontsize=7,
+                       xytext=(3, 3), textcoords="offset points")
+    right.set_xscale("log")
+    right.set_xlabel("seconds per volume (log)")
+    right.set_ylabel(f"PSNR {key} (dB)")
+    right.set_title("quality vs time")
+    fig.tight_layout()
+    _save_figure(fig, Path(path))
+    plt.close(fig)
+    return Path(path).name
+
+
+def _fmt(value, spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return spec.format(value)
+
+
+def _seconds(value) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def metrics_table(results: dict[str, Any], window: str) -> list[str]:
+    header = ["method"] + [label for _, label, _ in METRIC_COLUMNS] + ["s / volume"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, row in results["methods"].items():
+        if row["status"] != "ok":
+            lines.append(f"| {name} | {row['status']} |" + " |" * (len(header) - 2))
+            continue
+        values = row["metrics"][window]
+        cells = [_fmt(values.get(key), spec) for key, _, spec in METRIC_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_seconds(row['seconds_per_volume'])} |")
+    return lines
+
+
+def _settings_text(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in settings.items()) or "—"
+
+
+def write_report(output_dir: Path, results: dict[str, Any]) -> None:
+    """``report.md``, ``metrics.json`` and ``evaluation.json`` in ``output_dir``."""
+    output_dir = Path(output_dir)
+    metrics = {name: row["metrics"] for name, row in results["methods"].items() if row["status"] == "ok"}
+    atomic_write_json(output_dir / "metrics.json", _plain(metrics))
+    atomic_write_json(output_dir / "evaluation.json", _plain(results))
+
+    settings = results["settings"]
+    volumes = results["test_volumes"]
+    lines = ["# Evaluation report", ""]
+    if settings.get("command"):
+        lines += ["Made by:", "", "```", str(settings["command"]), "```", ""]
+    lines += [
+        f"- model: `{settings.get('model_path', 'n/a')}`",
+        f"- datalist: `{settings.get('datalist', 'n/a')}`; test volumes: "
+        + ", ".join(f"{v['patient']} ({'x'.join(str(s) for s in v['shape'])})" for v in volumes),
+        "- noise σ of the target itself in the same flat regions: "
+        + ", ".join(f"{v['patient']} {_fmt(v.get('target_noise_sigma'), '{:.1f}')} HU" for v in volumes)
+        + " (the full-dose scan has noise too; an output far below this is smoothing anatomy away)",
+        "- tuning (classical filters) on validation volumes: " + (", ".join(results["validation_volumes"]) or "none (defaults used)"),
+        f"- total time: {results['seconds_total']:.1f} s" if results.get("seconds_total") is not None else "",
+        "",
+    ]
+    for window in results["windows"]:
+        marker = " (key window)" if window == results["key_window"] else ""
+        lines += [f"## Window {window} HU{marker}", ""] + metrics_table(results, window) + [""]
+    lines += [
+        "## Protocol",
+        "",
+        "- Per 2D axial slice, both volumes clipped to the window: PSNR with the window width as the data range, "
+        "RMSE in HU, SSIM (Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, on the window scaled to [0, 1]); "
+        "means over slices, then over volumes (each volume counts once).",
+        f"- Slices whose target has less than {results['min_tissue_fraction']:.0%} tissue (HU > {results['tissue_hu']:g}) "
+        "are left out: inside a narrow window they have near-zero error and an unbounded PSNR. "
+        "Slices used / left out per volume are in `evaluation.json`.",
+        f"- PSNR of an exact slice is capped at {results['psnr_cap']:g} dB. `volume PSNR` is one PSNR of the squared "
+        "error pooled over the same slices.",
+        "- noise σ: standard deviation of the output (clipped to the window) in flat soft-tissue regions of the "
+        "target (-150..200 HU, 7x7 local std near the volume's minimum), each 2D region around its own mean; "
+        "one mask per volume, the same for every method.",
+        "- `identity` is the low-dose input itself. `vae_ceiling` is decode(encode(target)) through the model's "
+        "VAE: an oracle that sees the target, the best any output of the latent model can be.",
+        "- Seconds: wall time of each method per test volume on this machine (tuning not included; see below).",
+        "",
+        "## Methods",
+        "",
+        "| method | status | settings | tuning | tuning s |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in results["methods"].items():
+        tuning = row.get("tuning") or {}
+        tuned = ""
+        if tuning.get("tuned"):
+            tuned = f"chosen {_settings_text(tuning['chosen'])} by {tuning['criterion']} ({tuning['best_psnr']:.2f} dB)"
+        elif tuning.get("why"):
+            tuned = f"not tuned: {tuning['why']}"
+        tuning_seconds = _seconds(row["tuning_seconds"]) if "tuning_seconds" in row else ""
+        lines.append(f"| {name} | {row['status']} | {_settings_text(row.get('settings', {}))} | {tuned} | {tuning_seconds} |")
+    run_settings = {k: v for k, v in settings.items() if k not in ("command",)}
+    lines += ["", "## Settings", "", "```json", json.dumps(_plain(run_settings), indent=2), "```", ""]
+    lines += ["## Quality vs sampling steps", "", f"![PSNR against steps]({results['plot']})", ""]
+    lines += ["## Panels", ""]
+    for volume, panel in zip(volumes, results["panels"]):
+        lines += [f"### {volume['patient']} (slice {volume['panel_slice']}, window {results['panel_window']} HU)", "",
+                  f"![{volume['patient']}]({panel})", ""]
+    atomic_write_text(output_dir / "report.md", "\n".join(line for line in lines if line is not None) + "\n")
+
+
+def _plain(value):
+    """JSON-safe: tuples to lists, numpy/torch scalars to float, NaN to None, paths to str."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (bool, int, str)) or value is None:
+        return value
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return _plain(value.item())
+    return str(value)

@@ -1,0 +1,279 @@
+"""The evaluation run end to end on a tiny random model and generated data, and its rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from bundle.evaluation.baselines import GaussianFilter, NonLocalMeans, estimate_noise_sigma
+from bundle.evaluation.evaluate import Evaluation, as_pair, panel_slice
+from bundle.evaluation.methods import DiffusionSampling, Identity, Method, ModelCeiling, diffusion_methods
+from bundle.evaluation.metrics import DEFAULT_WINDOWS, PSNR_CAP, flat_region_mask, volume_metrics, window_name
+from bundle.evaluation.redcnn import RedCNN3D, RedCNNEnhancer, RedCNNMethod, load_redcnn
+from bundle.inference import CTEnhancer
+from bundle.inference.enhancer import Enhancement
+from bundle.networks import ConditionalUNet3D, VideoVAE
+
+REPO = Path(__file__).resolve().parents[2]
+SOFT = window_name((-160, 240))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # two OpenMP threads on a shared 2-core runner spin against each other: one is faster
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    from bundle.data.demo import make_demo_dataset
+
+    out = tmp_path_factory.mktemp("demo")
+    make_demo_dataset(out, num_volumes=3, slices=8, size=64, seed=0, workers=1, log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    enhancer = CTEnhancer(
+        VideoVAE(channels=(8, 16, 16, 16), norm_num_groups=4, num_res_blocks=1),
+        ConditionalUNet3D(
+            model_channels=16, channel_mult=(1, 2, 2, 2), num_heads=2, norm_num_groups=4, time_embed_dim=32,
+            num_res_blocks=1,
+        ),
+        latent_window=(8, 8, 8), latent_overlap=(4, 4, 4), image_tile=(8, 64, 64), image_overlap=(4, 16, 16),
+    )
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    enhancer.save(path)
+    return path
+
+
+def test_pairs(tiny_dataset, split="test"):
+    """The test pairs as the evaluation sees them (configs/evaluate.yaml's dataset)."""
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "configs" / "evaluate.yaml"))
+    parser.update({"datalist": str(tiny_dataset / "datalist.json")})
+    dataset = parser.get_parsed_content(f"{split}_dataset")
+    return [as_pair(dataset[i], i) for i in range(len(dataset))]
+
+
+test_pairs.__test__ = False  # a helper, not a test
+
+
+@pytest.fixture(scope="module")
+def evaluation_run(tiny_dataset, tiny_model, tmp_path_factory):
+    """``ctv2v evaluate`` on the tiny model; the RED-CNN baseline is trained first by the config."""
+    from bundle.cli import main
+
+    out = tmp_path_factory.mktemp("evaluation")
+    redcnn = out / "redcnn.pt"
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code = main([
+            "evaluate", "--datalist", str(tiny_dataset / "datalist.json"), "--model", str(tiny_model),
+            "--output", str(out), "--redcnn", str(redcnn), "--train-redcnn",
+            "--set", "device=cpu", "--set", "sampling_steps=[2,1]", "--set", "partial_strength_steps=2",
+            "--set", "ensemble_samples=2", "--set", "ensemble_steps=1", "--set", "train_patch_size=[8,64,64]",
+            "--set", "redcnn_overrides#redcnn_epochs=1", "--set", "redcnn_overrides#redcnn_channels=4",
+            "--set", "redcnn_overrides#samples_per_volume=1", "--set", "redcnn_overrides#batch_size=1",
+            "--set", "redcnn_overrides#cache=none", "--set", "redcnn_overrides#num_workers=0",
+        ])
+    finally:
+        torch.set_num_threads(previous)
+    assert code == 0
+    return out
+
+
+def test_outputs_of_the_run(evaluation_run):
+    out = evaluation_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = ["identity", "vae_ceiling", "gaussian", "nlm", "redcnn", "ddim_2", "ddim_1", "ddim_2_strength_0.5", "ddim_1_mean_of_2"]
+    assert list(metrics) == rows  # bm3d is not a dependency: its row is a status, not numbers
+    for row in rows:
+        assert list(metrics[row]) == ["[-1024,3072]", "[-1000,1000]", "[-160,240]"]
+        for values in metrics[row].values():
+            assert {"psnr", "ssim", "rmse", "volume_psnr", "noise_sigma", "slices", "slices_excluded"} <= set(values)
+    full = json.loads((out / "evaluation.json").read_text())
+    assert full["methods"]["ceiling"]["status"].startswith("n/a")  # spec model: it IS vae_ceiling
+    assert full["methods"]["bm3d"]["status"].startswith("not installed") or full["methods"]["bm3d"]["status"] == "ok"
+    assert full["methods"]["gaussian"]["tuning"]["tuned"] and full["validation_volumes"]
+    assert all(full["methods"][r]["seconds_per_volume"] >= 0 for r in rows)
+
+    report = (out / "report.md").read_text()
+    for window in ("[-1024,3072]", "[-1000,1000]", "[-160,240]"):
+        assert f"## Window {window} HU" in report
+    assert "| identity |" in report and "| vae_ceiling |" in report and "s / volume" in report
+    assert "ctv2v evaluate" in report  # the command that made it
+
+    from PIL import Image
+
+    panels = sorted((out / "panels").glob("*.png"))
+    assert [p.name for p in panels] == [f"{v['patient']}.png" for v in full["test_volumes"]]
+    for png in panels + [out / "psnr_vs_steps.png"]:
+        with Image.open(png) as image:
+            assert image.size[0] > 300 and image.size[1] > 200
+    assert not list(out.rglob(".*.tmp*"))  # atomic writes leave no temporary files
+
+
+def test_identity_row_is_the_input_score(evaluation_run, tiny_dataset):
+    metrics = json.loads((evaluation_run / "metrics.json").read_text())
+    (pair,) = test_pairs(tiny_dataset)
+    flat = flat_region_mask(pair.target)
+    for window in DEFAULT_WINDOWS:
+        expected = volume_metrics(pair.source, pair.target, window, flat_mask=flat)
+        assert metrics["identity"][window_name(window)] == expected
+
+
+def test_ceiling_row_is_decode_encode_of_the_target(evaluation_run, tiny_dataset, tiny_model):
+    metrics = json.loads((evaluation_run / "metrics.json").read_text())
+    (pair,) = test_pairs(tiny_dataset)
+    enhancer = CTEnhancer.from_file(tiny_model)
+    # The VAE by hand, untiled, on the target padded with air to the in-plane size the model's
+    # sampling path pads every volume to (one U-Net window: GroupNorm sees the padding, so the
+    # ceiling of the model's outputs is the VAE's output on the same padded volume).
+    f = enhancer.autoencoder.downsample_factor
+    min_h, min_w = enhancer.latent_window[1] * f, enhancer.latent_window[2] * f
+    _, s, h, w = pair.target.shape
+    padded = torch.nn.functional.pad(pair.target[None], (0, max(0, min_w - w), 0, max(0, min_h - h)), value=-1000.0)
+    with torch.no_grad():
+        latent = enhancer.autoencoder.encode(enhancer.windows.to_channels(padded))
+        recon = enhancer.windows.to_hu(enhancer.autoencoder.decode(latent))[0, :, :s, :h, :w]
+    assert torch.allclose(recon, enhancer.reconstruct(pair.target), atol=1e-2)
+    flat = flat_region_mask(pair.target)
+    for window in DEFAULT_WINDOWS:
+        expected = volume_metrics(recon, pair.target, window, flat_mask=flat)
+        assert metrics["vae_ceiling"][window_name(window)] == pytest.approx(expected, rel=1e-5)
+
+
+def test_trained_redcnn_row_and_file(evaluation_run, tiny_dataset):
+    path = evaluation_run / "redcnn.pt"
+    assert path.is_file()
+    state = torch.load(path, weights_only=True)
+    assert state["format"] == "ctv2v-redcnn" and state["config"]["channels"] == 4
+    method = RedCNNMethod(path)
+    assert method.status is None
+    (pair,) = test_pairs(tiny_dataset)
+    out = method.enhance(pair.source).hu
+    metrics = json.loads((evaluation_run / "metrics.json").read_text())
+    flat = flat_region_mask(pair.target)
+    assert metrics["redcnn"][SOFT] == pytest.approx(volume_metrics(out, pair.target, (-160, 240), flat_mask=flat), rel=1e-6)
+
+
+class ReturnsTarget(Method):
+    name = "oracle_target"
+    uses_target = True
+
+    def enhance(self, source_hu, target_hu=None):
+        return Enhancement(hu=target_hu.clone())
+
+
+def test_perfect_method_scores_the_cap(tiny_dataset, tmp_path):
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "configs" / "evaluate.yaml"))
+    parser.update({"datalist": str(tiny_dataset / "datalist.json")})
+    results = Evaluation(
+        parser.get_parsed_content("test_dataset"), [Identity(), ReturnsTarget()], tmp_path, progress=False,
+    ).run()
+    for window in results["windows"]:
+        perfect = results["methods"]["oracle_target"]["metrics"][window]
+        assert perfect["psnr"] == PSNR_CAP and perfect["volume_psnr"] == PSNR_CAP
+        assert perfect["ssim"] == pytest.approx(1.0, abs=1e-6) and perfect["rmse"] == 0.0
+        assert results["methods"]["identity"]["metrics"][window]["psnr"] < PSNR_CAP
+    assert (tmp_path / "report.md").is_file()
+
+
+def test_untrained_redcnn_row_says_so(tmp_path):
+    method = RedCNNMethod(tmp_path / "missing.pt")
+    assert method.status.startswith("not trained")
+
+
+def test_redcnn_network_shapes_save_and_load(tmp_path):
+    torch.manual_seed(0)
+    network = RedCNN3D(in_channels=3, channels=4, kernel_size=(3, 5, 5)).eval()
+    x = torch.randn(1, 3, 5, 24, 30)
+    assert network(x).shape == x.shape
+    zero = RedCNN3D(in_channels=3, channels=4)
+    for p in zero.parameters():
+        torch.nn.init.zeros_(p)
+    assert torch.equal(zero(x), x)  # the outer shortcut: an untrained residual net is the identity
+
+    enhancer = RedCNNEnhancer(network, ((-1024, 3072), (-160, 240), (-1000, 200)))
+    enhancer.save(tmp_path / "redcnn.pt")
+    loaded = load_redcnn(tmp_path / "redcnn.pt")
+    hu = torch.full((1, 6, 16, 40), -1000.0)  # smaller than the unpadded layers' minimum: padded
+    hu[:, :, 4:12, 8:32] = 50.0
+    assert torch.equal(loaded(hu), enhancer(hu)) and loaded(hu).shape == hu.shape
+    tiled = load_redcnn(tmp_path / "redcnn.pt", tile=(4, 32, 32), overlap=(2, 8, 8))
+    big = torch.randn(1, 6, 48, 48) * 50
+    assert tiled(big).shape == big.shape and torch.isfinite(tiled(big)).all()
+
+
+def test_redcnn_config_trains_and_resumes(tiny_dataset, tmp_path, monkeypatch):
+    from bundle.evaluation.redcnn import train_redcnn
+
+    monkeypatch.chdir(REPO)
+    overrides = {
+        "dataset_dir": str(tiny_dataset), "output_dir": str(tmp_path), "redcnn_path": str(tmp_path / "r.pt"),
+        "device": "cpu", "redcnn_epochs": 2, "redcnn_channels": 4, "samples_per_volume": 1, "batch_size": 1,
+        "cache": "none", "num_workers": 0, "train_patch_size": [8, 64, 64], "save_every": 1,
+    }
+    train_redcnn([str(REPO / "configs" / "redcnn.yaml")], overrides)
+    first = torch.load(tmp_path / "r.pt", weights_only=True)["state_dict"]
+    checkpoints = sorted(p.name for p in (tmp_path / "redcnn_checkpoints").glob("redcnn_checkpoint_*.pt"))
+    assert checkpoints == ["redcnn_checkpoint_1.pt", "redcnn_checkpoint_2.pt"]
+    (tmp_path / "r.pt").unlink()
+    train_redcnn([str(REPO / "configs" / "redcnn.yaml")], overrides)  # finished: resumes at the end, re-exports
+    again = torch.load(tmp_path / "r.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_classical_filters_tune_and_denoise(tiny_dataset):
+    (pair,) = test_pairs(tiny_dataset)
+    validation = test_pairs(tiny_dataset, "validation")
+    identity = volume_metrics(pair.source, pair.target, (-160, 240))["psnr"]
+    for method in (GaussianFilter(sigmas=(0.5, 1.0), slice_sigmas=(0.0,)), NonLocalMeans(h_factors=(0.8, 1.5))):
+        info = method.prepare(validation)
+        assert info["tuned"] and len(info["grid"]) == 2
+        out = method.enhance(pair.source).hu
+        assert out.shape == pair.source.shape and out.dtype == torch.float32
+        assert volume_metrics(out, pair.target, (-160, 240))["psnr"] > identity
+    sigma = estimate_noise_sigma(pair.source[0, 4].numpy())
+    assert 5 < sigma < 60  # the demo source has about 20 HU of (correlated) noise
+
+
+def test_panel_slice_prefers_tissue_near_the_middle():
+    volume = torch.full((1, 9, 8, 8), -1000.0)
+    volume[:, 1:3] = 40.0
+    volume[:, 5:7] = 40.0
+    volume[:, 8, :2] = 40.0  # too little tissue to be shown
+    assert panel_slice(volume) == 5
+
+
+def test_diffusion_rows_from_settings(tiny_model):
+    enhancer = CTEnhancer.from_file(tiny_model)
+    rows = diffusion_methods(enhancer, sampling_steps=(50, 10), strength=0.5, strength_steps=50, num_samples=4, samples_steps=10)
+    assert [r.name for r in rows] == ["ddim_50", "ddim_10", "ddim_50_strength_0.5", "ddim_10_mean_of_4"]
+    assert [r.is_plain for r in rows] == [True, True, False, False]
+    assert [r.name for r in diffusion_methods(enhancer, (20,), strength=1.0, num_samples=1)] == ["ddim_20"]
+    assert isinstance(rows[0], DiffusionSampling) and rows[3].settings()["num_samples"] == 4
+
+
+def test_model_ceiling_row_for_a_residual_model(tiny_model, tiny_dataset):
+    (pair,) = test_pairs(tiny_dataset)
+    spec = ModelCeiling(CTEnhancer.from_file(tiny_model))
+    assert spec.status.startswith("n/a")
+    enhancer = CTEnhancer.from_file(tiny_model, residual=True)
+    row = ModelCeiling(enhancer)
+    assert row.status is None and row.uses_target
+    out = row.enhance(pair.source, pair.target).hu
+    assert torch.equal(out, enhancer.ceiling(pair.source, pair.target))
