@@ -646,8 +646,9 @@ def model_version_of(path: str | os.PathLike) -> str:
     return f"{path.name} sha256:{digest.hexdigest()[:16]}"
 
 
-def load_enhancer(model: str | os.PathLike, device: str = "auto") -> tuple[Any, str]:
-    """``(CTEnhancer on the device, model_version)``; ``device`` is ``auto``, ``cpu`` or ``cuda``."""
+def load_enhancer(model: str | os.PathLike, device: str = "auto", precision: str = "fp32") -> tuple[Any, str]:
+    """``(CTEnhancer on the device, model_version)``; ``device`` is ``auto``, ``cpu`` or ``cuda``;
+    ``precision`` (``fp32``, ``bf16``, ``fp16`` on CUDA) is the autocast of the network calls."""
     import torch
 
     from bundle.inference.enhancer import CTEnhancer
@@ -656,5 +657,5 @@ def load_enhancer(model: str | os.PathLike, device: str = "auto") -> tuple[Any, 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise BatchError("--device cuda but no CUDA device is available")
-    enhancer = CTEnhancer.from_file(model).to(device).eval()
+    enhancer = CTEnhancer.from_file(model, precision=precision).to(device).eval()
     return enhancer, model_version_of(model)

@@ -223,3 +223,13 @@ def test_strength_out_of_range_is_refused():
     enhancer = tiny_enhancer()
     with pytest.raises(ValueError, match="strength"):
         enhancer.enhance(random_hu((1, 8, 64, 64)), strength=0.0)
+
+
+def test_precision_is_a_setting_and_outputs_stay_float32():
+    source = random_hu((1, 1, 8, 64, 64))
+    out = tiny_enhancer(precision="bf16")(source)
+    assert out.dtype == torch.float32 and out.shape == source.shape and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="precision"):
+        tiny_enhancer(precision="fp8")
+    with pytest.raises(ValueError, match="CUDA"):
+        tiny_enhancer(precision="fp16")(source)  # CPU here
