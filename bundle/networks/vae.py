@@ -222,8 +222,9 @@ class VAEDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor, skip: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """``skip(level, h)``, if given, is applied after each up stage to its output ``h`` of level
-        ``level`` (``h`` has ``H / 2**level`` rows): the hook of the fidelity path
-        (:mod:`bundle.networks.fidelity`). Without it this is the specification's decoder."""
+        ``level`` (``h`` has ``H / 2**level`` rows) and, as ``skip(-1, out)``, to the output: the
+        hook of the fidelity path (:mod:`bundle.networks.fidelity`). Without it this is the
+        specification's decoder."""
         _check_slab(z, self.latent_channels, "VAE decoder input")
         enabled = self.use_checkpoint and self.training
         x = self.conv_in(z)
@@ -233,7 +234,8 @@ class VAEDecoder(nn.Module):
             x = stage(x)
             if skip is not None:
                 x = skip(len(self.up_blocks) - 1 - i, x)
-        return self.conv_out(x)
+        x = self.conv_out(x)
+        return x if skip is None else skip(-1, x)
 
 
 class VideoVAE(nn.Module):
@@ -363,8 +365,7 @@ class VideoVAE(nn.Module):
         if self.fidelity is None or source is None or fidelity_weight == 0:
             return self.decoder(z)
         _check_slab(source, self.config["in_channels"], "fidelity source")
-        features = self.fidelity.source_features(source)
-        return self.decoder(z, skip=self.fidelity.skip(features, fidelity_weight))
+        return self.decoder(z, skip=self.fidelity.skip(source, fidelity_weight))
 
     def forward(
         self, x: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None

@@ -44,7 +44,7 @@ def test_whole_recipe_phases_and_model_file(tiny_overrides, recipe_variant):
     scale = vae_stage.scale_factor
     assert scale > 0
     if fidelity is not None:  # VAE pre-training opened the zero-initialised gates
-        assert all(torch.count_nonzero(skip.gate) > 0 for skip in fidelity.skips)
+        assert all(torch.count_nonzero(skip.gate.weight) > 0 for skip in fidelity.skips)
 
     before = snapshot(trainer.vae)
     seen = {}

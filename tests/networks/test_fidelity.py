@@ -46,13 +46,17 @@ def test_gates_start_at_zero_so_a_fresh_path_is_the_spec_decoder(tiny_vae_kwargs
     vae = VideoVAE(**tiny_vae_kwargs, fidelity_channels=FIDELITY).eval()
     gates = [skip.gate for skip in vae.fidelity.skips]
     assert len(gates) == len(FIDELITY)
-    assert all(g.shape == (c,) and torch.count_nonzero(g) == 0 for g, c in zip(gates, tiny_vae_kwargs["channels"]))
+    for gate, channels in zip(gates, tiny_vae_kwargs["channels"]):
+        assert gate.weight.shape[:2] == (channels, channels)
+    gates.append(vae.fidelity.output_skip.gate)  # the source image into the output
+    assert gates[-1].weight.shape[:2] == (6, FIDELITY[0])  # blend and correction
+    assert all(torch.count_nonzero(p) == 0 for gate in gates for p in gate.parameters())
     x = torch.randn(1, 3, 8, 32, 32)
     z = vae.encode(x)
     assert torch.equal(vae.decode(z, source=x), vae.decode(z))
     # ... and the gates receive a gradient, so training opens them
     vae.decode(z.detach(), source=x).square().mean().backward()
-    assert all(g.grad is not None and g.grad.abs().sum() > 0 for g in gates)
+    assert all(g.weight.grad is not None and g.weight.grad.abs().sum() > 0 for g in gates)
 
 
 def test_config_records_the_path_only_when_present(tiny_vae_kwargs):
@@ -72,7 +76,7 @@ def test_fewer_levels_and_shapes(tiny_vae_kwargs):
     assert vae.decode(vae.encode(x), source=x).shape == x.shape
     with pytest.raises(ValueError, match="levels"):
         FidelityPath(3, [8, 16, 16, 16], [8, 16, 16, 16], norm_num_groups=4)
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(ValueError, match="does not match"):
         vae.decode(vae.encode(x), source=x[..., :16], fidelity_weight=1.0)
 
 
