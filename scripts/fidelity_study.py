@@ -11,6 +11,9 @@ exports model.pt, and scores on the datalist's TEST split, soft-tissue window [-
                    and residual as configured; ``CTEnhancer.ceiling``): the best it can output;
 - ``model``        the variant (DDIM, the demo's ``num_inference_steps``), plus extra rows at
                    other inference settings (fidelity weights, residual on);
+- ``no_diffusion`` (fidelity path only) decode(encode(source), source): the path's output with
+                   the source's own latent, no diffusion model at all: what the U-Net adds is
+                   ``model`` minus this row;
 - ``redcnn``       the supervised CNN baseline (bundle.evaluation.redcnn), when its model file
                    exists (``--redcnn``; ``--train-redcnn`` trains it with configs/redcnn.yaml +
                    configs/demo.yaml first).
@@ -62,12 +65,17 @@ VARIANTS: dict[str, tuple[dict, dict, str]] = {
     "latent16": ({"network#latent_channels": 16}, {"residual": {"residual": True}}, "16 latent channels"),
     "fidelity": (
         {"network#fidelity_channels": DEMO_FIDELITY},
-        {"w0": {"fidelity_weight": 0.0}, "w0.5": {"fidelity_weight": 0.5}},
+        {"w0": {"fidelity_weight": 0.0}, "w0.5": {"fidelity_weight": 0.5}, "w1.5": {"fidelity_weight": 1.5}},
         "fidelity path, widths " + str(DEMO_FIDELITY),
+    ),
+    "fidelity_gradient": (
+        {"network#fidelity_channels": DEMO_FIDELITY, "gradient_weight": 1.0},
+        {"w0": {"fidelity_weight": 0.0}},
+        "fidelity path + gradient term",
     ),
     "fidelity_ssim": (
         {"network#fidelity_channels": DEMO_FIDELITY, "ssim_weight": 1.0},
-        {"w0": {"fidelity_weight": 0.0}, "w0.5": {"fidelity_weight": 0.5}},
+        {"w0": {"fidelity_weight": 0.0}},
         "fidelity path + SSIM term",
     ),
     "fidelity_latent8": (
@@ -99,27 +107,16 @@ def count(module) -> int:
 
 
 def test_pairs(parser: ConfigParser, split: str = "test") -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """(patient, source, target) HU volumes (1, S, H, W) of a split, as validation loads them."""
+    """(patient, source, target) HU volumes (1, S, H, W) of a split, loaded and cropped as the
+    evaluation does (bundle.evaluation.evaluate.as_pair)."""
     import bundle.data.datalist
     from bundle.data.transforms import make_dataset
+    from bundle.evaluation.evaluate import as_pair
 
     data = bundle.data.datalist.load_datalist(parser.get_parsed_content("datalist"), split)
     dataset = make_dataset(data, transform=parser.get_parsed_content("val_transforms"), cache="none")
-    pairs = []
-    for i, item in enumerate(dataset):
-        source, target = (torch.as_tensor(item[k].as_tensor() if hasattr(item[k], "as_tensor") else item[k])
-                          for k in ("source", "target"))
-        size = _size_before_padding(item["source"]) or tuple(source.shape[1:])
-        crop = (slice(None),) + tuple(slice(0, s) for s in size)
-        pairs.append((str(data[i].get("patient", i)), source[crop].float(), target[crop].float()))
-    return pairs
-
-
-def _size_before_padding(image):
-    for op in getattr(image, "applied_operations", None) or []:
-        if op.get("class") in ("SpatialPad", "DivisiblePad") and op.get("orig_size") is not None:
-            return tuple(int(s) for s in op["orig_size"])
-    return None
+    pairs = [as_pair(item, i) for i, item in enumerate(dataset)]
+    return [(p.patient, p.source, p.target) for p in pairs]
 
 
 def score(pred: torch.Tensor, target: torch.Tensor) -> dict:
@@ -222,6 +219,8 @@ def run_variant(name: str, configs, out: Path, vae_only: bool, redcnn_rows: dict
         outputs = {"identity": lambda: source, "vae_ceiling": lambda: enhancer.reconstruct(target)}
         if enhancer.has_fidelity_path or enhancer.residual:
             outputs["ceiling"] = lambda: enhancer.ceiling(source, target)
+        if enhancer.has_fidelity_path:
+            outputs["no_diffusion"] = lambda: enhancer.reconstruct(source, source)
         for suffix, settings in extra_rows.items():
             if "residual" in settings:  # the ceiling of the residual formula on this VAE
                 outputs[f"ceiling_{suffix}"] = lambda s=settings: _with(enhancer, s, lambda: enhancer.ceiling(source, target))
@@ -272,7 +271,7 @@ def redcnn_methods(args) -> dict:
     return {"redcnn": RedCNNMethod(str(path))}
 
 
-ROW_ORDER = ("identity", "redcnn", "vae_ceiling", "ceiling")
+ROW_ORDER = ("identity", "redcnn", "vae_ceiling", "ceiling", "no_diffusion")
 
 
 def print_table(results: dict[str, dict]) -> None:

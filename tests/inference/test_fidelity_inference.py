@@ -143,3 +143,21 @@ def test_model_file_keeps_the_path_and_output_settings(tmp_path):
     assert torch.equal(loaded.enhance(source).hu, with_path.enhance(source).hu)
     overridden = CTEnhancer.from_file(path, fidelity_weight=0.0, residual=False)  # the caller wins
     assert overridden.fidelity_weight == 0.0 and overridden.residual is False
+
+
+def test_evaluation_ceiling_rows_are_decode_encode_computed_directly():
+    """The report's rows (bundle/evaluation/methods.py) for a model with a fidelity path:
+    vae_ceiling = decode(encode(target)) (path off), ceiling = decode(encode(target), source)."""
+    from bundle.evaluation.methods import ModelCeiling, VAECeiling
+
+    _, with_path = enhancers()
+    source, target = phantom(seed=1), phantom(seed=2)
+    windows, vae = with_path.windows, with_path.autoencoder
+    s, t = windows.to_channels(source[None]), windows.to_channels(target[None])
+    with torch.no_grad():
+        plain = windows.to_hu(vae.decode(vae.encode(t)))[0]
+        through_path = windows.to_hu(vae.decode(vae.encode(t), source=s, fidelity_weight=1.0))[0]
+    assert torch.allclose(VAECeiling(with_path).enhance(source, target).hu, plain, atol=1e-3)
+    row = ModelCeiling(with_path)
+    assert row.status is None
+    assert torch.allclose(row.enhance(source, target).hu, through_path, atol=1e-3)
