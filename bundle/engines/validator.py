@@ -11,6 +11,7 @@ formula with the target's latent (``CTEnhancer.ceiling``). Metrics are per-slice
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 
 import torch
@@ -18,6 +19,8 @@ from ignite.engine import Events
 from monai.engines import Evaluator
 
 from bundle.evaluation.metrics import DEFAULT_WINDOWS, volume_metrics, window_name
+
+logger = logging.getLogger(__name__)
 
 
 class EnhancementValidator(Evaluator):
@@ -89,6 +92,11 @@ class EnhancementValidator(Evaluator):
                 for m in ("psnr", "ssim", "rmse", "volume_psnr"):
                     metrics[f"{row}/{w}/{m}"] = sum(v[w][m] for v in volumes) / len(volumes)
         engine.state.metrics.update(metrics)
+        summary = "; ".join(
+            f"{row} PSNR {metrics[f'{row}/{self.key_window}/psnr']:.2f} dB SSIM {metrics[f'{row}/{self.key_window}/ssim']:.3f}"
+            for row in self._rows
+        )
+        logger.info("validation at epoch %d, window %s: %s", self.trainer.state.epoch, self.key_window, summary)
         key = f"model/{self.key_window}/psnr"
         engine.state.key_metric_name = key
         value = metrics[key]
