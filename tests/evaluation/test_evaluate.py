@@ -23,22 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 SOFT = window_name((-160, 240))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # two OpenMP threads on a shared 2-core runner spin against each other: one is faster
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> Path:
-    from bundle.data.demo import make_demo_dataset
-
-    out = tmp_path_factory.mktemp("demo")
-    make_demo_dataset(out, num_volumes=3, slices=8, size=64, seed=0, workers=1, log=lambda _: None)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +216,8 @@ def test_redcnn_config_trains_and_resumes(tiny_dataset, tmp_path, monkeypatch):
     train_redcnn([str(REPO / "configs" / "redcnn.yaml")], overrides)
     first = torch.load(tmp_path / "r.pt", weights_only=True)["state_dict"]
     checkpoints = sorted(p.name for p in (tmp_path / "redcnn_checkpoints").glob("redcnn_checkpoint_*.pt"))
-    assert checkpoints == ["redcnn_checkpoint_1.pt", "redcnn_checkpoint_2.pt"]
+    # 2 training volumes x 2 epochs, saved every iteration, the newest two kept
+    assert checkpoints == ["redcnn_checkpoint_3.pt", "redcnn_checkpoint_4.pt"]
     (tmp_path / "r.pt").unlink()
     train_redcnn([str(REPO / "configs" / "redcnn.yaml")], overrides)  # finished: resumes at the end, re-exports
     again = torch.load(tmp_path / "r.pt", weights_only=True)["state_dict"]

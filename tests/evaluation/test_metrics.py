@@ -20,12 +20,6 @@ from bundle.evaluation.metrics import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def synthetic_pair(seed: int = 0, slices: int = 6, size: int = 40):

@@ -17,13 +17,6 @@ from bundle.networks import ConditionalUNet3D, VideoVAE
 TILES = dict(latent_window=(8, 8, 8), latent_overlap=(4, 4, 4), image_tile=(8, 64, 64), image_overlap=(4, 32, 32))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # two OpenMP threads on a shared 2-core machine spin against each other: one is faster
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def tiny_enhancer(**settings) -> CTEnhancer:

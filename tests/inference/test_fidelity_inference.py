@@ -16,14 +16,6 @@ TILES = dict(latent_window=(8, 8, 8), latent_overlap=(4, 4, 4), image_tile=(8, 6
 VAE = dict(channels=(8, 16, 16, 16), norm_num_groups=4, num_res_blocks=1, num_mid_blocks=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _perturb(module: nn.Module, seed: int, std: float) -> nn.Module:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

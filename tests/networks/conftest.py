@@ -73,17 +73,3 @@ def randomize():
 @pytest.fixture(scope="session")
 def build_common():
     return build_from_common
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Run each test on one intra-op thread, then restore the setting.
-
-    The tiny tensors here gain nothing from a second thread, and on a shared 2-core machine OpenMP
-    threads spin waiting for each other: measured 4.6 s for this folder on one thread against
-    20-40 s on two while other jobs ran.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
