@@ -25,6 +25,12 @@ iteration of each stage (wall clock on this machine, one thread; other jobs move
     python scripts/fidelity_study.py                       # every variant (hours on 2 CPU cores)
     python scripts/fidelity_study.py --variants spec fidelity --vae-only   # ceilings only
     python scripts/fidelity_study.py --table               # print the table from saved results
+    python scripts/fidelity_study.py --costs               # seconds per iteration, side by side
+
+``--costs`` times one iteration of each stage (VAE pre-training, phase 1, phase 2) and one
+whole-volume enhancement per variant on the same batch, interleaved over repeats (median), so
+that other jobs on the machine move all variants alike; the training runs' own wall clocks are
+in the JSON too but depend on what else ran at the time.
 
 Results are cached per variant under --output (results/<variant>.json); re-running skips what
 exists (--force re-runs). Run from the bundle root.
@@ -73,6 +79,16 @@ VARIANTS: dict[str, tuple[dict, dict, str]] = {
         {"w0": {"fidelity_weight": 0.0}},
         "fidelity path + gradient term",
     ),
+    "fidelity_gradient_ssim": (
+        {"network#fidelity_channels": DEMO_FIDELITY, "gradient_weight": 1.0, "ssim_weight": 1.0},
+        {"w0": {"fidelity_weight": 0.0}},
+        "fidelity path + gradient and SSIM terms",
+    ),
+    "fidelity_gradient_fw4": (
+        {"network#fidelity_channels": DEMO_FIDELITY, "gradient_weight": 1.0, "fidelity_loss_weight": 4.0},
+        {"w0": {"fidelity_weight": 0.0}},
+        "fidelity path + gradient term, path term weighted 4",
+    ),
     "fidelity_ssim": (
         {"network#fidelity_channels": DEMO_FIDELITY, "ssim_weight": 1.0},
         {"w0": {"fidelity_weight": 0.0}},
@@ -95,8 +111,9 @@ def parser_for(configs: list[str], overrides: dict) -> ConfigParser:
 
 
 def vae_key(parser: ConfigParser) -> str:
-    settings = {k: parser.get(k) for k in VAE_KEYS}
-    if (parser.get("network") or {}).get("fidelity_channels"):
+    settings = {k: parser.get_parsed_content(k) for k in VAE_KEYS}
+    settings["network"] = {k: v for k, v in settings["network"].items() if v is not None}
+    if settings["network"].get("fidelity_channels"):
         settings["fidelity_gate"] = "zero-conv+output-blend"  # earlier: scalar gates, no output skip
     text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
@@ -175,9 +192,14 @@ def train_vae(configs, overrides, out: Path) -> tuple[str, dict]:
     return str(stage.final_path), info
 
 
+# every variant starts from the spec: configs/demo.yaml's default is a fidelity variant, and its
+# `spec_exact: true` turns that off (no path, no extra loss terms)
+BASE = {"spec_exact": True}
+
+
 def run_variant(name: str, configs, out: Path, vae_only: bool, redcnn_rows: dict) -> dict:
     overrides, extra_rows, note = VARIANTS[name]
-    base = {**overrides, "val_interval": 10**6, "num_workers": 0}
+    base = {**BASE, **overrides, "val_interval": 10**6, "num_workers": 0}
     vae_path, vae_info = train_vae(configs, base, out)
 
     run_dir = out / "runs" / name
@@ -239,6 +261,60 @@ def run_variant(name: str, configs, out: Path, vae_only: bool, redcnn_rows: dict
     result["rows"] = {row: mean_rows(values) for row, values in rows.items()}
     result["inference_seconds"] = timings
     return result
+
+
+def measure_costs(names: list[str], configs, repeats: int = 5) -> dict[str, dict]:
+    """Median seconds of one iteration per stage and of one test-volume enhancement, per variant."""
+    import statistics
+
+    setups = {}
+    for name in names:
+        parser = parser_for(configs, {**BASE, **VARIANTS[name][0], "output_dir": "/tmp/fidelity_costs", "num_workers": 0})
+        stage = parser.get_parsed_content("vae_stage")
+        trainer = parser.get_parsed_content("diffusion_trainer")
+        trainer.training_state.scale_factor = 1.0
+        batch = next(iter(parser.get_parsed_content("train_loader")))
+        _, source, _ = test_pairs(parser)[0]
+        setups[name] = (parser, stage, trainer, batch, source)
+    times: dict[str, dict[str, list[float]]] = {n: {} for n in names}
+
+    def timed(name, key, fn):
+        start = time.perf_counter()
+        fn()
+        times[name].setdefault(key, []).append(time.perf_counter() - start)
+
+    def vae_step(stage, batch):
+        stage.vae.train()
+        loss, _ = stage.compute_loss(batch)
+        loss.backward()
+        stage.optimizer.zero_grad(set_to_none=True)
+
+    def diffusion_step(trainer, batch):
+        loss, _ = trainer.compute_loss(batch)
+        loss.backward()
+        trainer.optimizer.zero_grad(set_to_none=True)
+
+    from bundle.engines.base import autocast
+
+    for r in range(repeats + 1):  # the first round warms up and is dropped
+        for name, (parser, stage, trainer, batch, source) in setups.items():
+            with autocast(stage.state.device, stage.precision):
+                timed(name, "vae", lambda: vae_step(stage, batch))
+            with autocast(trainer.state.device, trainer.precision):
+                if r == 0:
+                    trainer.enter_phase2()  # the VAE's optimizer groups (never stepped here)
+                trainer.training_state.phase = 1
+                trainer._freeze_vae()
+                timed(name, "phase1", lambda: diffusion_step(trainer, batch))
+                trainer.training_state.phase = 2
+                trainer.vae.requires_grad_(True)
+                timed(name, "phase2", lambda: diffusion_step(trainer, batch))
+            if r <= 2:  # a whole volume takes long: two timed rounds
+                enhancer = trainer.build_enhancer(parser.get_parsed_content("hu_windows"))
+                timed(name, "enhance", lambda: enhancer.enhance(source))
+            if r == 0:
+                times[name] = {}
+    return {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
 
 
 def _with(enhancer, settings: dict, fn):
@@ -318,6 +394,7 @@ def main() -> None:
     args.add_argument("--threads", type=int, default=1, help="torch threads (others share the machine)")
     args.add_argument("--force", action="store_true", help="re-run variants that have results")
     args.add_argument("--table", action="store_true", help="only print the table of saved results")
+    args.add_argument("--costs", action="store_true", help="time one iteration per stage, variants side by side")
     opts = args.parse_args()
     torch.set_num_threads(opts.threads)
     logging.basicConfig(level=logging.WARNING)
@@ -325,6 +402,14 @@ def main() -> None:
     extra = {k: json.loads(v) for k, v in (item.split("=", 1) for item in opts.set)}
     results_dir = out / ("results_vae_only" if opts.vae_only else "results")
     results_dir.mkdir(parents=True, exist_ok=True)
+    if opts.costs:
+        costs = measure_costs(opts.variants, opts.config)
+        (out / "costs.json").write_text(json.dumps(costs, indent=2))
+        print("\n| variant | VAE pre-training s/it | phase 1 s/it | phase 2 s/it | enhance test volume s |")
+        print("|---|---|---|---|---|")
+        for name, c in costs.items():
+            print(f"| {name} | {c['vae']:.2f} | {c['phase1']:.2f} | {c['phase2']:.2f} | {c['enhance']:.1f} |")
+        return
 
     if not opts.table:
         cnn = {} if opts.vae_only else redcnn_methods(opts)
