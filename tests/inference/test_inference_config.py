@@ -11,25 +11,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+import yaml
 from monai.bundle import ConfigParser
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = "configs/inference.yaml"
-TINY_NETWORK = {
-    "image_channels": 3,
-    "latent_channels": 4,
-    "num_slices": 8,
-    "vae_channels": [8, 16, 16, 16],
-    "vae_num_res_blocks": 1,
-    "unet_model_channels": 16,
-    "unet_channel_mult": [1, 2, 2, 2],
-    "unet_num_res_blocks": 1,
-    "unet_attention_levels": [1, 2],
-    "unet_num_heads": 2,
-    "time_embed_dim": 32,
-    "norm_num_groups": 4,
-    "gradient_checkpointing": False,
-}
+TINY_NETWORK = yaml.safe_load((Path(__file__).resolve().parents[1] / "tiny.yaml").read_text())["network"]
 # tiles for 64 x 64 volumes (the defaults are the spec's 128 x 128 slabs; padding to them is slower)
 TINY = {
     "network": TINY_NETWORK,
