@@ -161,3 +161,12 @@ def test_phase2_keeps_latent_spread_and_reconstruction(tiny_overrides):
     spread_after, l1_after = measure()
     assert 0.5 < spread_after / spread_before < 2.0, (spread_before, spread_after)
     assert l1_after < 1.25 * l1_before + 5.0, (l1_before, l1_after)  # HU
+
+
+def test_vae_stage_with_adversarial_term_runs_on_slabs(tiny_overrides):
+    """The patch discriminator must fit an 8-slice slab (MONAI's default kernel 4 did not)."""
+    parser = make_parser({**tiny_overrides, "adversarial_weight": 0.1})
+    stage = parser.get_parsed_content("vae_stage")
+    stage.run()
+    assert stage.final_path.is_file()
+    assert {"adv_generator", "adv_discriminator"} <= set(stage.state.output)
