@@ -193,8 +193,9 @@ def train_vae(configs, overrides, out: Path) -> tuple[str, dict]:
 
 
 # every variant starts from the spec: configs/demo.yaml's default is a fidelity variant, and its
-# `spec_exact: true` turns that off (no path, no extra loss terms)
-BASE = {"spec_exact": True}
+# `spec_exact: true` turns that off (no path, no extra loss terms); the path's term at train.yaml's
+# weight 1 (demo.yaml's default variant weights it 4: "fidelity_gradient_fw4")
+BASE = {"spec_exact": True, "fidelity_loss_weight": 1.0}
 
 
 def run_variant(name: str, configs, out: Path, vae_only: bool, redcnn_rows: dict) -> dict:
