@@ -39,6 +39,9 @@ def register(subparsers) -> None:
                         help="samples averaged per series; > 1 also writes an uncertainty map (default 1)")
     parser.add_argument("--strength", type=float, default=1.0,
                         help="in (0, 1]: < 1 starts from the noised source, fewer steps, closer to it (default 1)")
+    parser.add_argument("--fidelity-weight", type=float, default=None,
+                        help="scale of a fidelity path's source skips (default: the model's; 0 = the spec "
+                             "decoder, more generated detail; docs/fidelity.md)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -49,7 +52,7 @@ def run(args) -> int:
     logging.getLogger("pydicom").setLevel(logging.ERROR)  # its messages can quote header values
     try:
         check_output_location(args.input, args.output)  # before loading a model: fail fast
-        enhancer, model_version = load_enhancer(args.model, args.device, args.precision)
+        enhancer, model_version = load_enhancer(args.model, args.device, args.precision, args.fidelity_weight)
         result = run_batch(
             args.input,
             args.output,

@@ -598,6 +598,8 @@ def run_batch(
     formats = {"dicom", "nifti"} if output_format == "both" else {output_format}
     settings = {"steps": int(steps), "eta": float(eta), "strength": float(strength),
                 "num_samples": int(num_samples), "seed": int(seed)}
+    # output settings of the enhancer (a re-run with another fidelity weight must not skip)
+    settings.update({key: getattr(enhancer, key) for key in ("fidelity_weight", "residual") if hasattr(enhancer, key)})
 
     # log lines go above the progress bars instead of through them
     redirect = logging_redirect_tqdm() if progress else contextlib.nullcontext()
@@ -646,9 +648,11 @@ def model_version_of(path: str | os.PathLike) -> str:
     return f"{path.name} sha256:{digest.hexdigest()[:16]}"
 
 
-def load_enhancer(model: str | os.PathLike, device: str = "auto", precision: str = "fp32") -> tuple[Any, str]:
+def load_enhancer(model: str | os.PathLike, device: str = "auto", precision: str = "fp32",
+                  fidelity_weight: float | None = None) -> tuple[Any, str]:
     """``(CTEnhancer on the device, model_version)``; ``device`` is ``auto``, ``cpu`` or ``cuda``;
-    ``precision`` (``fp32``, ``bf16``, ``fp16`` on CUDA) is the autocast of the network calls."""
+    ``precision`` (``fp32``, ``bf16``, ``fp16`` on CUDA) is the autocast of the network calls;
+    ``fidelity_weight`` (None: the model file's) scales a fidelity path's gates (0: spec decoder)."""
     import torch
 
     from bundle.inference.enhancer import CTEnhancer
@@ -657,5 +661,8 @@ def load_enhancer(model: str | os.PathLike, device: str = "auto", precision: str
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise BatchError("--device cuda but no CUDA device is available")
-    enhancer = CTEnhancer.from_file(model, precision=precision).to(device).eval()
+    if fidelity_weight is not None and fidelity_weight < 0:
+        raise BatchError(f"--fidelity-weight must be >= 0, got {fidelity_weight}")
+    settings = {} if fidelity_weight is None else {"fidelity_weight": fidelity_weight}
+    enhancer = CTEnhancer.from_file(model, precision=precision, **settings).to(device).eval()
     return enhancer, model_version_of(model)

@@ -153,3 +153,44 @@ def test_evaluation_ceiling_rows_are_decode_encode_computed_directly():
     row = ModelCeiling(with_path)
     assert row.status is None
     assert torch.allclose(row.enhance(source, target).hu, through_path, atol=1e-3)
+
+
+def test_batch_tool_fidelity_weight_dial(tmp_path):
+    """`ctv2v enhance --fidelity-weight 0` on a path model writes the spec model's output, the weight
+    is recorded, and a run at another weight is not mistaken for the finished one."""
+    import csv
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    from bundle.cli import main
+    from bundle.inference.batch import DONE_MARKER
+
+    spec, with_path = enhancers()
+    spec.save(tmp_path / "spec.pt")
+    with_path.save(tmp_path / "path.pt")
+    source = phantom(seed=3)[0].numpy()  # (S, H, W)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(source.transpose(2, 1, 0)), np.diag([1.0, 1.0, 2.0, 1.0])),
+             str(inputs / "volume.nii.gz"))
+
+    def run(model: str, output: str, *extra: str) -> tuple[np.ndarray, dict]:
+        args = ["enhance", str(inputs), str(tmp_path / output), "--model", str(tmp_path / model),
+                "--steps", "2", "--device", "cpu", "--no-progress", *extra]
+        assert main(args) == 0
+        with open(tmp_path / output / "summary.csv", newline="") as f:
+            (row,) = list(csv.DictReader(f))
+        folder = tmp_path / output / row["output"]
+        marker = json.loads((folder / DONE_MARKER).read_text())
+        return np.asarray(nib.load(str(folder / "enhanced.nii.gz")).dataobj), marker
+
+    spec_hu, _ = run("spec.pt", "spec")
+    off_hu, off_marker = run("path.pt", "off", "--fidelity-weight", "0")
+    on_hu, on_marker = run("path.pt", "on")
+    np.testing.assert_array_equal(off_hu, spec_hu)
+    assert np.abs(on_hu - spec_hu).max() > 1.0
+    assert off_marker["settings"]["fidelity_weight"] == 0.0 and on_marker["settings"]["fidelity_weight"] == 1.0
+    assert main(["enhance", str(inputs), str(tmp_path / "on"), "--model", str(tmp_path / "path.pt"), "--steps", "2",
+                 "--device", "cpu", "--no-progress", "--fidelity-weight", "-1"]) == 2
