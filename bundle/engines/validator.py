@@ -5,7 +5,9 @@ trainer's current VAE and U-Net EMA, with fewer DDIM steps), and three rows are 
 side so a run shows where it stands: ``identity`` (the low-dose input as the answer),
 ``vae_ceiling`` (decode(encode(target)): nothing the latent model outputs can beat it) and
 ``model``; a model with a fidelity path or a residual output adds ``ceiling``, its own output
-formula with the target's latent (``CTEnhancer.ceiling``). Metrics are per-slice PSNR/SSIM/RMSE in each configured window plus whole-volume PSNR
+formula with the target's latent (``CTEnhancer.ceiling``); ``reference_methods`` (evaluation
+methods, e.g. the supervised RED-CNN when its model file exists) add their own rows. Metrics are
+per-slice PSNR/SSIM/RMSE in each configured window plus whole-volume PSNR
 (``bundle.evaluation.metrics``). The key metric is the model's soft-tissue-window PSNR.
 """
 
@@ -33,6 +35,9 @@ class EnhancementValidator(Evaluator):
         num_inference_steps: DDIM steps for validation (fewer than inference to save time).
         windows: metric windows; the last one drives the key metric.
         seed: sampling seed (same noise every validation, so runs compare).
+        reference_methods: ``bundle.evaluation.methods.Method`` objects scored as extra rows
+            (by their ``name``); one that cannot run (``status``, e.g. an untrained RED-CNN) is
+            left out with one log line saying why.
     """
 
     def __init__(
@@ -44,6 +49,7 @@ class EnhancementValidator(Evaluator):
         windows=DEFAULT_WINDOWS,
         seed: int = 0,
         handlers=None,
+        reference_methods=(),
     ) -> None:
         super().__init__(
             device=torch.device(device), val_data_loader=val_data_loader, val_handlers=handlers, decollate=False
@@ -54,6 +60,12 @@ class EnhancementValidator(Evaluator):
         self.windows = tuple(tuple(w) for w in windows)
         self.seed = seed
         self.key_window = window_name(self.windows[-1])
+        self.reference_methods = []
+        for method in reference_methods:
+            if method.status is None:
+                self.reference_methods.append(method)
+            else:
+                logger.info("validation: no %s row: %s", method.name, method.status)
         self._enhancer = None
         self._rows: dict[str, list[dict]] = defaultdict(list)
         self.add_event_handler(Events.EPOCH_STARTED, self._start)
@@ -77,6 +89,8 @@ class EnhancementValidator(Evaluator):
                 rows.append(("ceiling", enhancer.ceiling(source, target)))
             model = enhancer(source)
             rows.append(("model", model))
+            for method in self.reference_methods:
+                rows.append((method.name, method.enhance(source).hu.to(source.device)))
         for b in range(source.shape[0]):
             for name, pred in rows:
                 self._rows[name].append(

@@ -170,3 +170,28 @@ def test_vae_stage_with_adversarial_term_runs_on_slabs(tiny_overrides):
     stage.run()
     assert stage.final_path.is_file()
     assert {"adv_generator", "adv_discriminator"} <= set(stage.state.output)
+
+
+def test_validation_shows_the_supervised_cnn_row_when_trained(tiny_overrides, tmp_path):
+    """Training's validation scores the RED-CNN baseline beside identity, the ceiling and the model
+    when its model file exists (and leaves it out, saying why, when it does not)."""
+    from bundle.evaluation.metrics import volume_metrics
+    from bundle.evaluation.redcnn import RedCNN3D, RedCNNEnhancer, load_redcnn
+
+    torch.manual_seed(0)
+    redcnn_path = tmp_path / "redcnn.pt"
+    windows = [[-1024, 3072], [-160, 240], [-1000, 200]]
+    RedCNNEnhancer(RedCNN3D(in_channels=3, channels=4), windows).save(redcnn_path)
+    for path, expect_row in ((tmp_path / "missing.pt", False), (redcnn_path, True)):
+        parser = make_parser({**tiny_overrides, "redcnn_path": str(path)})
+        trainer = parser.get_parsed_content("diffusion_trainer")
+        validator = parser.get_parsed_content("validator")
+        trainer.training_state.scale_factor = 1.0  # untrained networks do: the rows are what is checked
+        validator.trainer = trainer
+        validator.run()
+        metrics = validator.state.metrics
+        assert {k.split("/")[0] for k in metrics} == {"identity", "vae_ceiling", "model"} | ({"redcnn"} if expect_row else set())
+    # the row is the baseline's own output scored against the target
+    pair = next(iter(parser.get_parsed_content("val_loader")))
+    expected = volume_metrics(load_redcnn(redcnn_path)(pair["source"])[0], pair["target"][0], (-160, 240))
+    assert metrics["redcnn/[-160,240]/psnr"] == pytest.approx(expected["psnr"], rel=1e-5)
