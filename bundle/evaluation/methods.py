@@ -126,6 +126,29 @@ class ModelCeiling(Method):
         return Enhancement(hu=self.enhancer.ceiling(source_hu.to(device), target_hu.to(device)).cpu())
 
 
+class NoDiffusion(Method):
+    """This model's output formula with the SOURCE's own latent: no U-Net, no sampling
+    (``CTEnhancer.ceiling(source, source)``): decode(encode(source)) through the VAE, and through
+    the fidelity path and residual output when the model has them. What the diffusion model adds
+    is a sampling row minus this one."""
+
+    name = "no_diffusion"
+
+    def __init__(self, enhancer: CTEnhancer) -> None:
+        self.enhancer = enhancer
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "what": "the model's output formula with the SOURCE's latent (no diffusion)",
+            "fidelity_weight": getattr(self.enhancer, "fidelity_weight", None),
+            "residual": getattr(self.enhancer, "residual", False),
+        }
+
+    def enhance(self, source_hu, target_hu=None) -> Enhancement:
+        source = source_hu.to(self.enhancer.scale_factor.device)
+        return Enhancement(hu=self.enhancer.ceiling(source, source).cpu())
+
+
 class DiffusionSampling(Method):
     """The latent diffusion model, one DDIM setting (``CTEnhancer.enhance``).
 

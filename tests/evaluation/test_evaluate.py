@@ -83,7 +83,7 @@ def evaluation_run(tiny_dataset, tiny_model, tmp_path_factory):
 def test_outputs_of_the_run(evaluation_run):
     out = evaluation_run
     metrics = json.loads((out / "metrics.json").read_text())
-    rows = ["identity", "vae_ceiling", "gaussian", "nlm", "redcnn", "ddim_2", "ddim_1", "ddim_2_strength_0.5", "ddim_1_mean_of_2"]
+    rows = ["identity", "vae_ceiling", "no_diffusion", "gaussian", "nlm", "redcnn", "ddim_2", "ddim_1", "ddim_2_strength_0.5", "ddim_1_mean_of_2"]
     assert list(metrics) == rows  # bm3d is not a dependency: its row is a status, not numbers
     for row in rows:
         assert list(metrics[row]) == ["[-1024,3072]", "[-1000,1000]", "[-160,240]"]

@@ -67,6 +67,7 @@ def test_ceilings_are_decode_encode_of_the_target_computed_directly():
         plain = windows.to_hu(spec.autoencoder.decode(spec.autoencoder.encode(t)))[0]
         vae = with_path.autoencoder
         through_path = windows.to_hu(vae.decode(vae.encode(t), source=s, fidelity_weight=1.0))[0]
+        no_diffusion = windows.to_hu(vae.decode(vae.encode(s), source=s, fidelity_weight=1.0))[0]
     assert torch.allclose(spec.reconstruct(target), plain, atol=1e-3)
     assert torch.allclose(spec.ceiling(source, target), plain, atol=1e-3)  # no path, no residual
     # with a path: reconstruct without a source is the spec's ceiling, ceiling() uses the path
@@ -139,8 +140,9 @@ def test_model_file_keeps_the_path_and_output_settings(tmp_path):
 
 def test_evaluation_ceiling_rows_are_decode_encode_computed_directly():
     """The report's rows (bundle/evaluation/methods.py) for a model with a fidelity path:
-    vae_ceiling = decode(encode(target)) (path off), ceiling = decode(encode(target), source)."""
-    from bundle.evaluation.methods import ModelCeiling, VAECeiling
+    vae_ceiling = decode(encode(target)) (path off), ceiling = decode(encode(target), source),
+    no_diffusion = decode(encode(source), source)."""
+    from bundle.evaluation.methods import ModelCeiling, NoDiffusion, VAECeiling
 
     _, with_path = enhancers()
     source, target = phantom(seed=1), phantom(seed=2)
@@ -149,10 +151,12 @@ def test_evaluation_ceiling_rows_are_decode_encode_computed_directly():
     with torch.no_grad():
         plain = windows.to_hu(vae.decode(vae.encode(t)))[0]
         through_path = windows.to_hu(vae.decode(vae.encode(t), source=s, fidelity_weight=1.0))[0]
+        no_diffusion = windows.to_hu(vae.decode(vae.encode(s), source=s, fidelity_weight=1.0))[0]
     assert torch.allclose(VAECeiling(with_path).enhance(source, target).hu, plain, atol=1e-3)
     row = ModelCeiling(with_path)
     assert row.status is None
     assert torch.allclose(row.enhance(source, target).hu, through_path, atol=1e-3)
+    assert torch.allclose(NoDiffusion(with_path).enhance(source).hu, no_diffusion, atol=1e-3)
 
 
 def test_batch_tool_fidelity_weight_dial(tmp_path):
