@@ -9,4 +9,4 @@ Layers, each a sub-package with one job:
 - ``bundle.commands``: the ``ctv2v`` command line.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
