@@ -47,6 +47,7 @@ class LatentDiffusionTrainer(RecipeTrainer):
         recon_weight, kl_weight: weights of the VAE terms in phase 2.
         ssim_weight, gradient_weight, frequency_weight: extra terms of the phase-2 reconstruction
             loss (:class:`~bundle.engines.losses.ReconstructionLoss`, as in VAE pre-training).
+        recon_channel_weights: per-window-channel weights of those terms (None: all alike).
         fidelity_loss_weight: weight of the fidelity path's reconstruction term in phase 2 (a VAE
             with ``.fidelity``), relative to ``recon_weight``.
         ema_decay: decay of the U-Net EMA used for validation and export.
@@ -72,12 +73,14 @@ class LatentDiffusionTrainer(RecipeTrainer):
         ssim_weight: float = 0.0,
         gradient_weight: float = 0.0,
         frequency_weight: float = 0.0,
+        recon_channel_weights=None,
         fidelity_loss_weight: float = 1.0,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.reconstruction_loss = ReconstructionLoss(
-            l1=1.0, ssim=ssim_weight, gradient=gradient_weight, frequency=frequency_weight
+            l1=1.0, ssim=ssim_weight, gradient=gradient_weight, frequency=frequency_weight,
+            channel_weights=recon_channel_weights,
         )
         self.fidelity_loss_weight = fidelity_loss_weight
         self.vae = vae

@@ -8,6 +8,12 @@ terms push on exactly that, none needs downloaded weights:
 - ``gradient``: L1 of the finite differences along rows, columns and slices (edges);
 - ``frequency``: L1 of the difference of the in-plane 2D spectra (orthonormal FFT), which
   weighs every spatial frequency alike where pixel L1 is mostly low frequencies.
+
+``channel_weights`` weigh the window channels in the L1, gradient and frequency terms. Equal
+weights (the spec) make one unit of error cost the same in every channel, so a HU error costs
+10x less in the full-range channel [-1024, 3072] than in the soft-tissue one [-160, 240]; bone,
+which only the full-range channel resolves, is then cheap to get wrong. Weights proportional to
+the window widths make a HU error cost the same in every channel.
 """
 
 from __future__ import annotations
@@ -24,12 +30,21 @@ class ReconstructionLoss:
 
     Args:
         l1, ssim, gradient, frequency: term weights (0 leaves a term out, not even computed).
+        channel_weights: one weight per channel for the L1, gradient and frequency terms (a
+            weighted mean over channels); None = all channels alike (plain means, the spec).
 
     ``loss(recon, target) -> (total, {term: float})`` with ``(B, C, T, H, W)`` inputs; the terms
     are computed in float32 whatever the autocast precision.
     """
 
-    def __init__(self, l1: float = 1.0, ssim: float = 0.0, gradient: float = 0.0, frequency: float = 0.0) -> None:
+    def __init__(
+        self, l1: float = 1.0, ssim: float = 0.0, gradient: float = 0.0, frequency: float = 0.0, channel_weights=None
+    ) -> None:
+        if channel_weights is not None:
+            channel_weights = torch.as_tensor(channel_weights, dtype=torch.float32).flatten()
+            if channel_weights.numel() == 0 or (channel_weights < 0).any() or not channel_weights.sum() > 0:
+                raise ValueError(f"channel_weights must be >= 0 with a positive sum, got {channel_weights.tolist()}.")
+        self.channel_weights = channel_weights
         self.weights = {"l1": float(l1), "ssim": float(ssim), "gradient": float(gradient), "frequency": float(frequency)}
         if any(w < 0 for w in self.weights.values()):
             raise ValueError(f"reconstruction loss weights must be >= 0, got {self.weights}.")
@@ -46,18 +61,31 @@ class ReconstructionLoss:
     def _terms(self, recon: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         values = {}
         if self.weights["l1"]:
-            values["l1"] = F.l1_loss(recon, target)
+            values["l1"] = (
+                F.l1_loss(recon, target) if self.channel_weights is None else self._mean((recon - target).abs())
+            )
         if self.weights["ssim"]:
             values["ssim"] = self._ssim(_slices(recon), _slices(target))
         if self.weights["gradient"]:
             values["gradient"] = sum(
-                F.l1_loss(torch.diff(recon, dim=d), torch.diff(target, dim=d)) for d in (2, 3, 4)
+                self._mean((torch.diff(recon, dim=d) - torch.diff(target, dim=d)).abs()) for d in (2, 3, 4)
             ) / 3
         if self.weights["frequency"]:
             diff = torch.fft.rfft2(recon, norm="ortho") - torch.fft.rfft2(target, norm="ortho")
-            values["frequency"] = diff.abs().mean()
+            values["frequency"] = self._mean(diff.abs())
         total = sum(self.weights[k] * v for k, v in values.items())
         return total, {k: float(v.detach()) for k, v in values.items()}
+
+
+    def _mean(self, error: torch.Tensor) -> torch.Tensor:
+        """Mean of ``(B, C, ...)`` errors; with channel weights, their weighted mean over channels."""
+        if self.channel_weights is None:
+            return error.mean()
+        if error.shape[1] != self.channel_weights.numel():
+            raise ValueError(f"{self.channel_weights.numel()} channel weights for {error.shape[1]} channels.")
+        per_channel = error.transpose(0, 1).reshape(error.shape[1], -1).mean(dim=1)
+        weights = self.channel_weights.to(per_channel.device)
+        return (weights * per_channel).sum() / weights.sum()
 
 
 def _slices(x: torch.Tensor) -> torch.Tensor:

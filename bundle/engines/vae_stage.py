@@ -70,6 +70,7 @@ class VAEStage(RecipeTrainer):
         scale_factor_batches: training batches used to estimate the scale factor.
         ssim_weight, gradient_weight, frequency_weight: extra reconstruction terms
             (:class:`~bundle.engines.losses.ReconstructionLoss`); 0 is the spec's L1 alone.
+        recon_channel_weights: per-window-channel weights of those terms (None: all alike).
         fidelity_loss_weight: weight of the fidelity path's term (a VAE with ``.fidelity``):
             the target reconstructed from its sampled latent and the source's features, with
             the same reconstruction loss. The plain reconstructions of both slabs stay in the
@@ -91,13 +92,15 @@ class VAEStage(RecipeTrainer):
         ssim_weight: float = 0.0,
         gradient_weight: float = 0.0,
         frequency_weight: float = 0.0,
+        recon_channel_weights=None,
         fidelity_loss_weight: float = 1.0,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.vae = vae
         self.reconstruction_loss = ReconstructionLoss(
-            l1=1.0, ssim=ssim_weight, gradient=gradient_weight, frequency=frequency_weight
+            l1=1.0, ssim=ssim_weight, gradient=gradient_weight, frequency=frequency_weight,
+            channel_weights=recon_channel_weights,
         )
         self.fidelity_loss_weight = fidelity_loss_weight
         self.kl_weight = kl_weight

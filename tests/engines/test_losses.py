@@ -47,3 +47,35 @@ def test_bad_weights_raise():
         ReconstructionLoss(l1=-1)
     with pytest.raises(ValueError):
         ReconstructionLoss(l1=0)
+
+
+def test_equal_channel_weights_are_the_plain_means():
+    recon, target = _pair()
+    plain = ReconstructionLoss(l1=1, gradient=1, frequency=1)(recon, target)[0]
+    equal = ReconstructionLoss(l1=1, gradient=1, frequency=1, channel_weights=[0.5, 0.5, 0.5])(recon, target)[0]
+    assert float(equal) == pytest.approx(float(plain), rel=1e-6)
+
+
+def test_channel_weights_weigh_each_channels_error():
+    recon, target = _pair()
+    per_channel = (recon - target).abs().mean(dim=(0, 2, 3, 4))
+    weights = torch.tensor([4096.0, 400.0, 1200.0])  # window widths: a HU error costs alike
+    total, terms = ReconstructionLoss(channel_weights=weights)(recon, target)
+    assert float(total) == pytest.approx(float((weights * per_channel).sum() / weights.sum()), rel=1e-6)
+    # an error in the widest channel alone costs its share of the weights
+    only_first = target.clone()
+    only_first[:, 0] += 0.1
+    total, _ = ReconstructionLoss(channel_weights=weights)(only_first, target)
+    assert float(total) == pytest.approx(0.1 * 4096 / 5696, rel=1e-5)
+
+
+@pytest.mark.parametrize("weights", [[], [1.0, -1.0, 1.0], [0.0, 0.0, 0.0]])
+def test_bad_channel_weights_raise(weights):
+    with pytest.raises(ValueError, match="channel_weights"):
+        ReconstructionLoss(channel_weights=weights)
+
+
+def test_channel_weights_must_match_the_channels():
+    recon, target = _pair()
+    with pytest.raises(ValueError, match="2 channel weights for 3 channels"):
+        ReconstructionLoss(channel_weights=[1.0, 2.0])(recon, target)
