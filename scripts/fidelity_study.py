@@ -55,7 +55,7 @@ SOFT = (-160.0, 240.0)
 FULL = (-1024.0, 3072.0)
 # config ids that change the VAE stage (variants agreeing on all of them share one VAE)
 VAE_KEYS = ("network", "vae_epochs", "vae_lr", "kl_weight", "adversarial_weight", "ssim_weight",
-            "gradient_weight", "frequency_weight", "recon_channel_weights", "fidelity_loss_weight", "seed", "train_patch_size")
+            "gradient_weight", "frequency_weight", "recon_channel_weights", "fidelity_loss_weight", "fidelity_channel_weights", "seed", "train_patch_size")
 DEMO_FIDELITY = [32, 64, 64]  # the demo VAE's widths [32, 64, 64, 64] at the three finest levels
 
 # name -> (config overrides, extra inference rows {row suffix: enhancer settings}, note)
@@ -100,6 +100,18 @@ VARIANTS: dict[str, tuple[dict, dict, str]] = {
          "recon_channel_weights": "$[(hi - lo) ** 0.5 for lo, hi in @hu_windows]"},
         {"w0": {"fidelity_weight": 0.0}},
         "the demo default, window channels weighted by the square root of their width",
+    ),
+    "fidelity_gradient_fw4_pathhu": (
+        {"network#fidelity_channels": DEMO_FIDELITY, "gradient_weight": 1.0, "fidelity_loss_weight": 4.0,
+         "fidelity_channel_weights": "$[hi - lo for lo, hi in @hu_windows]"},
+        {"w0": {"fidelity_weight": 0.0}},
+        "the demo default, the path's term alone weighted by window width",
+    ),
+    "fidelity_gradient_fw4_pathsqrthu": (
+        {"network#fidelity_channels": DEMO_FIDELITY, "gradient_weight": 1.0, "fidelity_loss_weight": 4.0,
+         "fidelity_channel_weights": "$[(hi - lo) ** 0.5 for lo, hi in @hu_windows]"},
+        {"w0": {"fidelity_weight": 0.0}},
+        "the demo default, the path's term alone weighted by sqrt(window width)",
     ),
     "fidelity_ssim": (
         {"network#fidelity_channels": DEMO_FIDELITY, "ssim_weight": 1.0},

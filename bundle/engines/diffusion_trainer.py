@@ -48,6 +48,7 @@ class LatentDiffusionTrainer(RecipeTrainer):
         ssim_weight, gradient_weight, frequency_weight: extra terms of the phase-2 reconstruction
             loss (:class:`~bundle.engines.losses.ReconstructionLoss`, as in VAE pre-training).
         recon_channel_weights: per-window-channel weights of those terms (None: all alike).
+        fidelity_channel_weights: the same for the fidelity path's term only (None: as above).
         fidelity_loss_weight: weight of the fidelity path's reconstruction term in phase 2 (a VAE
             with ``.fidelity``), relative to ``recon_weight``.
         ema_decay: decay of the U-Net EMA used for validation and export.
@@ -75,12 +76,18 @@ class LatentDiffusionTrainer(RecipeTrainer):
         frequency_weight: float = 0.0,
         recon_channel_weights=None,
         fidelity_loss_weight: float = 1.0,
+        fidelity_channel_weights=None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.reconstruction_loss = ReconstructionLoss(
             l1=1.0, ssim=ssim_weight, gradient=gradient_weight, frequency=frequency_weight,
             channel_weights=recon_channel_weights,
+        )
+        # the path's term: the same terms, its own channel weights if given
+        self.fidelity_loss = self.reconstruction_loss if fidelity_channel_weights is None else ReconstructionLoss(
+            l1=1.0, ssim=ssim_weight, gradient=gradient_weight, frequency=frequency_weight,
+            channel_weights=fidelity_channel_weights,
         )
         self.fidelity_loss_weight = fidelity_loss_weight
         self.vae = vae
@@ -170,7 +177,7 @@ class LatentDiffusionTrainer(RecipeTrainer):
             loss = loss + self.recon_weight * loss_recon + self.kl_weight * loss_kl
             terms.update(loss_recon=float(loss_recon.detach()), loss_kl=float(loss_kl.detach()))
             if getattr(self.vae, "fidelity", None) is not None and self.fidelity_loss_weight > 0:
-                loss_fidelity, _ = self.reconstruction_loss(self.vae.decode(z_target, source=source), target)
+                loss_fidelity, _ = self.fidelity_loss(self.vae.decode(z_target, source=source), target)
                 loss = loss + self.recon_weight * self.fidelity_loss_weight * loss_fidelity
                 terms["loss_fidelity"] = float(loss_fidelity.detach())
         return loss, terms

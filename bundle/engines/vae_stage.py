@@ -71,6 +71,7 @@ class VAEStage(RecipeTrainer):
         ssim_weight, gradient_weight, frequency_weight: extra reconstruction terms
             (:class:`~bundle.engines.losses.ReconstructionLoss`); 0 is the spec's L1 alone.
         recon_channel_weights: per-window-channel weights of those terms (None: all alike).
+        fidelity_channel_weights: the same for the fidelity path's term only (None: as above).
         fidelity_loss_weight: weight of the fidelity path's term (a VAE with ``.fidelity``):
             the target reconstructed from its sampled latent and the source's features, with
             the same reconstruction loss. The plain reconstructions of both slabs stay in the
@@ -94,6 +95,7 @@ class VAEStage(RecipeTrainer):
         frequency_weight: float = 0.0,
         recon_channel_weights=None,
         fidelity_loss_weight: float = 1.0,
+        fidelity_channel_weights=None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -101,6 +103,11 @@ class VAEStage(RecipeTrainer):
         self.reconstruction_loss = ReconstructionLoss(
             l1=1.0, ssim=ssim_weight, gradient=gradient_weight, frequency=frequency_weight,
             channel_weights=recon_channel_weights,
+        )
+        # the path's term: the same terms, its own channel weights if given
+        self.fidelity_loss = self.reconstruction_loss if fidelity_channel_weights is None else ReconstructionLoss(
+            l1=1.0, ssim=ssim_weight, gradient=gradient_weight, frequency=frequency_weight,
+            channel_weights=fidelity_channel_weights,
         )
         self.fidelity_loss_weight = fidelity_loss_weight
         self.kl_weight = kl_weight
@@ -132,7 +139,7 @@ class VAEStage(RecipeTrainer):
             source = x[: batch["source"].shape[0]]
             target = x[batch["source"].shape[0]:]
             recon_fidelity = self.vae.decode(z[source.shape[0]:], source=source)
-            loss_fidelity, fidelity_terms = self.reconstruction_loss(recon_fidelity, target)
+            loss_fidelity, fidelity_terms = self.fidelity_loss(recon_fidelity, target)
             loss = loss + self.fidelity_loss_weight * loss_fidelity
             terms.update({f"fidelity_{k}": v for k, v in fidelity_terms.items()})
         if self.discriminator is not None:

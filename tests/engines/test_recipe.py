@@ -195,3 +195,22 @@ def test_validation_shows_the_supervised_cnn_row_when_trained(tiny_overrides, tm
     pair = next(iter(parser.get_parsed_content("val_loader")))
     expected = volume_metrics(load_redcnn(redcnn_path)(pair["source"])[0], pair["target"][0], (-160, 240))
     assert metrics["redcnn/[-160,240]/psnr"] == pytest.approx(expected["psnr"], rel=1e-5)
+
+
+def test_fidelity_channel_weights_change_only_the_paths_term(tiny_overrides):
+    """fidelity_channel_weights weigh the path's reconstruction term alone: the VAE's own terms
+    (the spec's L1) are untouched."""
+    overrides = {**tiny_overrides, "network#fidelity_channels": [8, 16, 16]}
+    results = []
+    for weights in (None, [4096.0, 400.0, 1200.0]):
+        parser = make_parser({**overrides, "fidelity_channel_weights": weights})
+        stage = parser.get_parsed_content("vae_stage")
+        with torch.no_grad():  # open the zero-initialised gates so that the path matters
+            for skip in stage.vae.fidelity.skips:
+                skip.gate.weight.normal_(0, 0.1)
+        batch = next(iter(parser.get_parsed_content("train_loader")))
+        with torch.no_grad():
+            results.append(stage.compute_loss(batch)[1])
+    plain, weighted = results
+    assert weighted["l1"] == pytest.approx(plain["l1"], rel=1e-6)
+    assert weighted["fidelity_l1"] != pytest.approx(plain["fidelity_l1"], rel=1e-3)
