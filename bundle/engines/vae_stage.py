@@ -105,10 +105,7 @@ class VAEStage(RecipeTrainer):
             channel_weights=recon_channel_weights,
         )
         # the path's term: the same terms, its own channel weights if given
-        self.fidelity_loss = self.reconstruction_loss if fidelity_channel_weights is None else ReconstructionLoss(
-            l1=1.0, ssim=ssim_weight, gradient=gradient_weight, frequency=frequency_weight,
-            channel_weights=fidelity_channel_weights,
-        )
+        self.fidelity_loss = self.reconstruction_loss.with_channel_weights(fidelity_channel_weights)
         self.fidelity_loss_weight = fidelity_loss_weight
         self.kl_weight = kl_weight
         self.adversarial_weight = adversarial_weight
