@@ -82,6 +82,17 @@ def checkpointed(module: nn.Module, *args: torch.Tensor, enabled: bool) -> torch
     return module(*args)
 
 
+def in_float32(module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+    """``module(*inputs)`` in float32, also under autocast.
+
+    For the layers that write an output in HU-window units: bfloat16 keeps 8 significant bits, so
+    a channel spanning 4096 HU in [-1, 1] would move in steps of about 8 HU. The cost is small
+    (the last convolution of a network); the rest of the network keeps the autocast precision.
+    """
+    with torch.autocast(device_type=inputs[0].device.type, enabled=False):
+        return module(*(x.float() for x in inputs))
+
+
 def _same_layout(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Return ``tensor`` in the memory format of ``like`` (channels-last stays channels-last)."""
     if like.dim() == 5 and like.is_contiguous(memory_format=torch.channels_last_3d) and not like.is_contiguous():

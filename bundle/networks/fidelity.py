@@ -149,9 +149,11 @@ class OutputSkip(nn.Module):
         self.gate = zero_module(nn.Conv3d(hidden, 2 * channels, kernel_size=1))
 
     def forward(self, y: torch.Tensor, source: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
-        source = source.to(y.dtype)
-        blend, correction = self.gate(self.body(torch.cat([y, source], dim=1))).chunk(2, dim=1)
-        return y + weight * (blend * (source - y) + correction)
+        # the decoder's output in HU-window units: float32 even under autocast (blocks.in_float32)
+        with torch.autocast(device_type=y.device.type, enabled=False):
+            y, source = y.float(), source.float()
+            blend, correction = self.gate(self.body(torch.cat([y, source], dim=1))).chunk(2, dim=1)
+            return y + weight * (blend * (source - y) + correction)
 
 
 class FidelityPath(nn.Module):

@@ -30,10 +30,18 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from bundle.networks.blocks import NORM_EPS, Downsample3D, ResBlock3D, Upsample3D, check_divisible, checkpointed
+from bundle.networks.blocks import (
+    NORM_EPS,
+    Downsample3D,
+    ResBlock3D,
+    Upsample3D,
+    check_divisible,
+    checkpointed,
+    in_float32,
+)
 from bundle.networks.fidelity import FidelityPath
 
-__all__ = ["VideoVAE", "VAEEncoder", "VAEDecoder", "VAEStage", "kl_divergence"]
+__all__ = ["VideoVAE", "VAEEncoder", "VAEDecoder", "VAELevel", "kl_divergence"]
 
 # exp(20) ~ 5e8 and exp(-30) ~ 1e-13: wide enough never to bind for a trained model, narrow enough
 # that exp(logvar) and the KL cannot overflow in float16/bfloat16 early in training.
@@ -69,8 +77,8 @@ def _check_slab(x: torch.Tensor, channels: int, name: str) -> None:
         raise ValueError(f"{name} must have {channels} channels, got shape {tuple(x.shape)}.")
 
 
-class VAEStage(nn.Module):
-    """One resolution stage of the VAE: ResBlock3D's and an in-plane resample.
+class VAELevel(nn.Module):
+    """One resolution level of the VAE: ResBlock3D's and an in-plane resample.
 
     ``direction="down"`` (encoder): ``num_res_blocks`` ResBlock3D at ``in_channels``, then a
     DownsampleBlock ``in_channels -> out_channels``. ``direction="up"`` (decoder): an UpsampleBlock
@@ -133,7 +141,7 @@ class VAEEncoder(nn.Module):
 
     Args: see :class:`VideoVAE`.
 
-    Submodules: ``conv_in``, ``down_blocks`` (ModuleList of :class:`VAEStage`), ``mid_blocks``
+    Submodules: ``conv_in``, ``down_blocks`` (ModuleList of :class:`VAELevel`), ``mid_blocks``
     (ModuleList of :class:`ResBlock3D`), ``conv_out``.
     """
 
@@ -157,7 +165,7 @@ class VAEEncoder(nn.Module):
         self.use_checkpoint = use_checkpoint
         self.conv_in = nn.Conv3d(in_channels, channels[0], kernel_size=3, padding=1)
         self.down_blocks = nn.ModuleList(
-            VAEStage(c_in, c_out, num_res_blocks, norm_num_groups, "down", norm_eps, use_checkpoint)
+            VAELevel(c_in, c_out, num_res_blocks, norm_num_groups, "down", norm_eps, use_checkpoint)
             for c_in, c_out in zip(channels[:-1], channels[1:])
         )
         self.mid_blocks = nn.ModuleList(
@@ -187,7 +195,7 @@ class VAEDecoder(nn.Module):
 
     Args: see :class:`VideoVAE`.
 
-    Submodules: ``conv_in``, ``mid_blocks``, ``up_blocks`` (ModuleList of :class:`VAEStage`, deepest
+    Submodules: ``conv_in``, ``mid_blocks``, ``up_blocks`` (ModuleList of :class:`VAELevel`, deepest
     first), ``conv_out``.
     """
 
@@ -215,7 +223,7 @@ class VAEDecoder(nn.Module):
             for _ in range(num_mid_blocks)
         )
         self.up_blocks = nn.ModuleList(
-            VAEStage(c_in, c_out, num_res_blocks, norm_num_groups, "up", norm_eps, use_checkpoint)
+            VAELevel(c_in, c_out, num_res_blocks, norm_num_groups, "up", norm_eps, use_checkpoint)
             for c_in, c_out in zip(reversed_channels[:-1], reversed_channels[1:])
         )
         self.conv_out = nn.Conv3d(channels[0], out_channels, kernel_size=3, padding=1)
@@ -234,7 +242,7 @@ class VAEDecoder(nn.Module):
             x = stage(x)
             if skip is not None:
                 x = skip(len(self.up_blocks) - 1 - i, x)
-        x = self.conv_out(x)
+        x = in_float32(self.conv_out, x)  # the output in HU-window units: full precision
         return x if skip is None else skip(-1, x)
 
 

@@ -226,3 +226,25 @@ def test_precision_is_a_setting_and_outputs_stay_float32():
         tiny_enhancer(precision="fp8")
     with pytest.raises(ValueError, match="CUDA"):
         tiny_enhancer(precision="fp16")(source)  # CPU here
+
+
+@pytest.mark.parametrize("fidelity", [False, True])
+def test_bf16_output_is_not_quantised(fidelity):
+    """bf16 inference keeps the decoder's output layers in float32: the full-range channel spans
+    4096 HU in [-1, 1], so a bfloat16 output would move in ~8 HU steps for dense bone (0.72 in
+    that channel, about 2500 HU, where the soft-tissue and lung channels saturate)."""
+    enhancer = tiny_enhancer()
+    if fidelity:
+        torch.manual_seed(0)
+        enhancer.autoencoder = VideoVAE(
+            channels=(8, 16, 16, 16), norm_num_groups=4, num_res_blocks=1, num_mid_blocks=1, fidelity_channels=[8]
+        ).eval()
+    with torch.no_grad():  # dense bone everywhere, barely touched by the features
+        enhancer.autoencoder.decoder.conv_out.weight.mul_(1e-3)
+        enhancer.autoencoder.decoder.conv_out.bias.copy_(torch.tensor([0.72, 1.0, 1.0]))
+    source = random_hu((1, 8, 64, 64))
+    fp32 = enhancer.enhance(source).hu
+    enhancer.precision = "bf16"
+    bf16 = enhancer.enhance(source).hu
+    assert bf16.dtype == torch.float32
+    assert (bf16 - fp32).abs().max() < 1.0  # HU; a bf16 output layer is off by up to 4 HU here
