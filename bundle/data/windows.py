@@ -60,11 +60,12 @@ class HUWindows:
             order. Plain lists so the setting can live in a YAML config and in a checkpoint
             (:meth:`as_config`).
         margin: in channel units; in :meth:`to_hu` a channel counts as saturated when it is not
-            strictly inside ``(-1 + margin, 1 - margin)``. A network rarely outputs exactly +-1
-            for a saturated channel: without a margin, a bone voxel whose soft-tissue channel
-            came out as 0.98 would decode as 236 HU. 0.05 is 2.5 % of a window's width (10 HU
-            of the soft window); values that close to a narrow window's edge are decoded from
-            the next wider window instead, at a coarser but still exact-for-exact-input scale.
+            inside ``(-1 + margin, 1 - margin)`` (and as fully trusted inside
+            ``(-1 + 2 margin, 1 - 2 margin)``, linear in between). A network rarely outputs
+            exactly +-1 for a saturated channel: without a margin, a bone voxel whose soft-tissue
+            channel came out as 0.98 would decode as 236 HU. 0.05 is 2.5 % of a window's width
+            (10 HU of the soft window); values that close to a narrow window's edge are decoded
+            from the next wider window instead, at a coarser but still exact-for-exact-input scale.
     """
 
     def __init__(self, windows: WindowsLike = DEFAULT_WINDOWS, margin: float = 0.05):
@@ -116,24 +117,39 @@ class HUWindows:
     def to_hu(self, channels, channel_dim: int = -4):
         """Window channels ``(..., num_channels, ...)`` -> HU ``(..., 1, ...)``.
 
-        Per voxel, the HU value comes from the narrowest window whose channel is unsaturated
-        (strictly inside ``(-1 + margin, 1 - margin)``); where all are saturated, from the widest
-        window. Channels are clipped to [-1, 1] first, so the result stays inside the widest
-        window's range. For channels made by :meth:`to_channels` this is exact (to float
-        precision) for every HU value inside the widest window.
+        Decoding starts from the widest window and refines the estimate window by window,
+        widest to narrowest. A narrower window's value replaces the current estimate only where
+        (1) its channel is unsaturated and (2) the widest window's estimate says the voxel lies
+        inside that window. Both gates ramp linearly over one ``margin`` (trusted fully inside
+        ``(-1 + 2 margin, 1 - 2 margin)``, not at all outside ``(-1 + margin, 1 - margin)``, the
+        second gate measured on the widest estimate in this window's units), so the result is a
+        continuous function of the channels. Gate (2) keeps an inconsistent network output
+        honest: where the full-range channel says bone or air, a soft-tissue channel that came
+        out unsaturated does not turn the voxel into soft tissue. Gating on the widest estimate
+        rather than on the refined one keeps the slope finite and small: a refined estimate
+        feeding the next gate would compound the ramps.
+
+        Channels are clipped to [-1, 1] first, so the result stays inside the widest window's
+        range. For channels made by :meth:`to_channels` every window that is used agrees with the
+        others, so the result is exact (to float precision) for every HU value inside the widest
+        window, whatever the blend weights.
         """
         values, restore = _as_float_tensor(channels)
         dim = _check_channel_dim(values, channel_dim, self.num_channels, "window channels")
-        upper = 1.0 - self.margin
-        hu = None
+        upper, margin = 1.0 - self.margin, max(self.margin, 1e-6)
+        hu = widest = None
         for index in self._widest_first:
             lo, hi = self.windows[index]
-            channel = values.narrow(dim, index, 1)
-            decoded = lo + (channel.clamp(-1.0, 1.0) + 1.0) * (0.5 * (hi - lo))
-            if hu is None:  # the widest window: the fallback, used wherever nothing narrower fits
-                hu = decoded
-            else:
-                hu = torch.where(channel.abs() < upper, decoded, hu)
+            half_width = 0.5 * (hi - lo)
+            channel = values.narrow(dim, index, 1).clamp(-1.0, 1.0)
+            decoded = lo + (channel + 1.0) * half_width
+            if widest is None:  # the widest window: the first estimate, and the one every gate reads
+                hu = widest = decoded
+                continue
+            widest_here = (widest - lo) / half_width - 1.0  # the widest estimate in this window's units
+            unsaturated = ((upper - channel.abs()) / margin).clamp(0.0, 1.0)
+            inside = ((upper - widest_here.abs()) / margin).clamp(0.0, 1.0)
+            hu = hu + unsaturated * inside * (decoded - hu)
         return restore(hu)
 
 

@@ -1,4 +1,4 @@
-"""HU windows: exact round trip, the narrowest unsaturated window decodes, one window works."""
+"""HU windows: exact round trip, the narrowest unsaturated window decodes, inconsistent channels\nfollow the wider estimate, decoding is continuous, one window works."""
 
 from __future__ import annotations
 
@@ -103,6 +103,41 @@ def test_saturation_picks_the_narrowest_unsaturated_window(wide, soft, lung, exp
     hu = HUWindows().to_hu(channels_for(wide, soft, lung), channel_dim=0)
     assert hu.shape == (1, 1)
     assert hu.item() == pytest.approx(expected, abs=ATOL_HU), why
+
+
+@pytest.mark.parametrize(
+    "wide, soft, lung, expected, why",
+    [
+        (1500.0, 40.0, 100.0, 1500.0, "bone by the full range: unsaturated soft and lung channels are not trusted"),
+        (-900.0, 40.0, -850.0, -850.0, "lung by the full and lung ranges: an unsaturated soft channel is not"),
+        (3000.0, -100.0, -1000.0, 3000.0, "metal: a soft channel claiming fat changes nothing"),
+    ],
+)
+def test_inconsistent_channels_follow_the_wider_estimate(wide, soft, lung, expected, why):
+    """A network output whose channels disagree decodes near the wider windows' estimate, not
+    in a narrow window the full-range channel rules out (the old decoding gave 40 HU here)."""
+    hu = HUWindows().to_hu(channels_for(wide, soft, lung), channel_dim=0)
+    assert hu.item() == pytest.approx(expected, abs=ATOL_HU), why
+
+
+@pytest.mark.parametrize("channel", [0, 1, 2])
+def test_decoding_is_continuous_in_the_channels(channel):
+    """Sweeping one channel through [-1, 1] in steps of 1e-6, the others fixed at inconsistent
+    values, moves the decoded HU a little at every step, never by a window switch (the old
+    decoding jumped by 250 HU in one step where the soft channel crossed its saturation margin). The
+    gates ramp over 10-60 HU while inconsistent estimates differ by thousands: steep, but finite."""
+    sweep = torch.arange(-1.0, 1.0, 1e-6, dtype=torch.float64)
+    fixed = {0: [encode((-1024, 3072), 1500.0), encode((-1024, 3072), -900.0), 0.0],
+             1: [0.0, encode((-160, 240), 40.0), -0.93],
+             2: [encode((-1000, 200), 100.0), 0.93, -0.5]}
+    windows = HUWindows()
+    for k in range(3):
+        channels = torch.empty(3, sweep.numel(), dtype=torch.float64)
+        for c in range(3):
+            channels[c] = sweep if c == channel else float(fixed[c][k])
+        hu = windows.to_hu(channels, channel_dim=0)[0]
+        step = hu.diff().abs().max().item()
+        assert step < 5.0, f"sweeping channel {channel}: a 1e-6 step moved the HU by {step:.0f}"
 
 
 def test_window_order_does_not_change_decoding():
