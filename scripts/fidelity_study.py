@@ -319,7 +319,7 @@ def measure_costs(names: list[str], configs, repeats: int = 5) -> dict[str, dict
         loss.backward()
         trainer.optimizer.zero_grad(set_to_none=True)
 
-    from bundle.engines.base import autocast
+    from bundle.utils.precision import autocast
 
     for r in range(repeats + 1):  # the first round warms up and is dropped
         for name, (parser, stage, trainer, batch, source) in setups.items():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
@@ -12,34 +11,29 @@ from monai.engines import Trainer
 
 from bundle.engines.checkpoints import latest_checkpoint, load_checkpoint, make_checkpoint_handler
 from bundle.engines.reproducible import ResumableSampler
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from bundle.utils.precision import autocast, resolve_precision
 
 logger = logging.getLogger(__name__)
-
-
-def autocast(device: torch.device, precision: str):
-    """Autocast for ``"bf16"`` (CPU or GPU) and ``"fp16"`` (GPU only); a no-op for ``"fp32"``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}.")
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision 'fp16' needs a CUDA device (use 'bf16' on CPU).")
-    return torch.autocast(device_type=device.type, dtype=PRECISIONS[precision])
 
 
 class RecipeTrainer(Trainer):
     """A MONAI ``Trainer`` with the optimisation and checkpoint logic of this recipe.
 
     Subclasses implement :meth:`compute_loss` and :meth:`checkpoint_objects`. The iteration does
-    gradient accumulation (``grad_accum_steps``; the optimizer steps when the global iteration is a
-    multiple of it), gradient-norm clipping, bf16/fp16 autocast (fp16 with a gradient scaler) and
-    records every loss term in ``engine.state.output``.
+    gradient accumulation, gradient-norm clipping, bf16/fp16 autocast (fp16 with a gradient
+    scaler) and records every loss term in ``engine.state.output``.
 
-    Checkpoints go to ``ckpt_dir`` every ``save_every`` iterations and at each epoch end; calling
-    :meth:`run` again resumes from the newest one. ``save_every`` should be a multiple of
-    ``grad_accum_steps`` so that no half-accumulated gradient is lost on resume.
+    Accumulation: iterations are grouped into windows of ``grad_accum_steps`` consecutive global
+    iterations (the last window of the run may be shorter); every loss is divided by its
+    window's length and the optimizers step at the window's last iteration, so one step sees the
+    mean gradient of the window. :attr:`optimizer_steps` counts the steps (the learning-rate
+    schedule follows it). Losses of other optimizers (the discriminator) go through
+    :meth:`backward` and :meth:`optimizers` so that they accumulate and scale alike.
+
+    Checkpoints go to ``ckpt_dir`` every ``save_every`` iterations and at each epoch end, but
+    only where no accumulated gradient is pending (a checkpoint cannot hold one): a due save
+    inside a window moves to the window's end. Calling :meth:`run` again resumes from the
+    newest one, bit for bit.
     """
 
     checkpoint_prefix = "train"
@@ -67,18 +61,14 @@ class RecipeTrainer(Trainer):
             handlers=handlers,
             decollate=False,
         )
-        autocast(self.state.device, precision)  # validate early
         self.optimizer = optimizer
         self.ckpt_dir = Path(ckpt_dir)
-        self.precision = precision
+        self.precision = resolve_precision(precision, self.state.device)  # "auto" -> what the device runs natively
         self.grad_clip = grad_clip
         self.grad_accum_steps = max(1, int(grad_accum_steps))
         self.save_every = save_every
         self.seed = seed
-        self.grad_scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-        sampler = getattr(data_loader, "sampler", None)
-        if isinstance(sampler, ResumableSampler):
-            sampler.bind(lambda: self.state.iteration, lambda: self.state.epoch_length)
+        self.grad_scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self._checkpoint = None
 
     # --- subclass API -----------------------------------------------------------------------
@@ -94,36 +84,64 @@ class RecipeTrainer(Trainer):
         """Hook to shape objects (e.g. optimizer groups) before their state is loaded."""
 
     # --- iteration ----------------------------------------------------------------------------
+    @property
+    def total_iterations(self) -> int:
+        return self.state.max_epochs * (self.state.epoch_length or 0)
+
+    def accumulation_window(self, iteration: int) -> range:
+        """The global iterations (1-based) whose gradients one optimizer step combines."""
+        start = (iteration - 1) // self.grad_accum_steps * self.grad_accum_steps + 1
+        stop = start + self.grad_accum_steps
+        if self.total_iterations:
+            stop = min(stop, self.total_iterations + 1)
+        return range(start, stop)
+
+    def steps_at(self, iteration: int) -> bool:
+        """Whether the optimizers step at the end of ``iteration`` (the end of its window)."""
+        return iteration == self.accumulation_window(iteration)[-1]
+
+    @property
+    def optimizer_steps(self) -> int:
+        """Optimizer steps taken before the current iteration's window."""
+        return (max(self.state.iteration, 1) - 1) // self.grad_accum_steps
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """Every optimizer stepped at the end of a window (subclasses add theirs)."""
+        return [self.optimizer]
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Back-propagate ``loss`` as one share of its window's mean (fp16: through the scaler)."""
+        scaled = loss / len(self.accumulation_window(self.state.iteration))
+        if self.grad_scaler is not None:
+            scaled = self.grad_scaler.scale(scaled)
+        scaled.backward()
+
     def _iteration(self, engine, batchdata: dict) -> dict:
-        iteration = engine.state.iteration
         with autocast(self.state.device, self.precision):
             loss, terms = self.compute_loss(batchdata)
-        scaled = loss / self.grad_accum_steps
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(scaled).backward()
-        else:
-            scaled.backward()
-        if iteration % self.grad_accum_steps == 0:
+        self.backward(loss)
+        if self.steps_at(engine.state.iteration):
             self.optimizer_step()
         terms = {"loss": float(loss.detach()), **terms}
         terms["lr"] = self.optimizer.param_groups[0]["lr"]
         return terms
 
-    def trainable_parameters(self):
-        for group in self.optimizer.param_groups:
-            yield from (p for p in group["params"] if p.requires_grad)
-
     def optimizer_step(self) -> None:
+        """Unscale (fp16), clip each optimizer's gradient norm, step, zero."""
+        for optimizer in self.optimizers():
+            if self.grad_scaler is not None:
+                self.grad_scaler.unscale_(optimizer)
+            if self.grad_clip:
+                params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+                torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            if self.grad_scaler is not None:
+                self.grad_scaler.step(optimizer)
+            else:
+                optimizer.step()
         if self.grad_scaler is not None:
-            self.grad_scaler.unscale_(self.optimizer)
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(list(self.trainable_parameters()), self.grad_clip)
-        if self.grad_scaler is not None:
-            self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        for optimizer in self.optimizers():
+            optimizer.zero_grad(set_to_none=True)
         self.after_optimizer_step()
 
     def after_optimizer_step(self) -> None:
@@ -136,14 +154,25 @@ class RecipeTrainer(Trainer):
             objects["grad_scaler"] = self.grad_scaler
         return objects
 
+    def _checkpoint_due(self, engine, _event) -> bool:
+        """At the end of an accumulation window that holds a ``save_every`` iteration or an epoch
+        end. Epoch ends that close a window save at EPOCH_COMPLETED instead (after validation)."""
+        iteration = engine.state.iteration
+        if not self.steps_at(iteration) or iteration % engine.state.epoch_length == 0:
+            return False
+        window = self.accumulation_window(iteration)
+        return any((self.save_every and i % self.save_every == 0) or i % engine.state.epoch_length == 0
+                   for i in window)
+
+    def _epoch_checkpoint_due(self, engine, _event) -> bool:
+        return self.steps_at(engine.state.iteration)
+
     def attach_checkpointing(self) -> None:
         if self._checkpoint is not None:
             return
         self._checkpoint = make_checkpoint_handler(self._to_save(), self.ckpt_dir, self.checkpoint_prefix)
-        event = Events.EPOCH_COMPLETED
-        if self.save_every:
-            event = event | Events.ITERATION_COMPLETED(every=self.save_every)
-        self.add_event_handler(event, self._checkpoint)
+        self.add_event_handler(Events.ITERATION_COMPLETED(event_filter=self._checkpoint_due), self._checkpoint)
+        self.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self._epoch_checkpoint_due), self._checkpoint)
 
     def resume(self) -> bool:
         """Load the newest checkpoint of this stage, if any. Returns whether one was loaded."""
@@ -164,6 +193,11 @@ class RecipeTrainer(Trainer):
     def run(self) -> None:  # type: ignore[override]
         """Train from the newest checkpoint of this stage (or from scratch) to ``max_epochs``."""
         self.attach_checkpointing()
+        sampler = getattr(self.data_loader, "sampler", None)
+        if isinstance(sampler, ResumableSampler):
+            # the stages share one loader: the one that runs drives its order (bound at run time,
+            # not at construction, where the last trainer built would win)
+            sampler.bind(lambda: self.state.iteration, lambda: self.state.epoch_length)
         self.on_start(self.resume())
         total = self.state.max_epochs * (self.state.epoch_length or 0)
         if total and self.state.iteration >= total:

@@ -33,7 +33,6 @@ from that extra state alone.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,12 +47,11 @@ from bundle.diffusion import DDIMSampler, DiffusionSchedule
 from bundle.diffusion.tiling import TiledDenoiser, tiled_apply
 from bundle.networks import ConditionalUNet3D, VideoVAE
 from bundle.utils.io import atomic_torch_save
+from bundle.utils.precision import autocast, resolve_precision
 
 FORMAT = "ctv2v-enhancer"
 FORMAT_VERSION = 1
 AIR_HU = -1000.0
-# Network calls run under autocast at this precision; tiles and DDIM arithmetic stay float32.
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # tiling geometry, stored in the model file: the U-Net window is the training slab's latent
 GEOMETRY = ("latent_window", "latent_overlap", "image_tile", "image_overlap")
 # how the output is formed, stored in the model file; a caller's explicit setting wins
@@ -111,9 +109,9 @@ class CTEnhancer(nn.Module):
         precision: str = "fp32",
     ) -> None:
         super().__init__()
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}.")
-        self.precision = precision
+        if precision != "auto":
+            resolve_precision(precision, "cuda")  # a known name (the device is checked per call)
+        self.precision = precision  # network calls only: tiles, DDIM and HU arithmetic stay float32
         self.autoencoder = autoencoder
         self.unet = unet
         self.schedule = schedule if schedule is not None else DiffusionSchedule()
@@ -253,17 +251,9 @@ class CTEnhancer(nn.Module):
             raise ValueError(f"expected a CT of shape (B, 1, slices, H, W) in HU, got {tuple(source_hu.shape)}.")
         device = self.scale_factor.device
         x = x.to(device=device, dtype=torch.float32)
-        with self._autocast(device):
+        with autocast(device, self.precision):
             return self._enhance(x, unbatched, steps, eta, strength, num_samples, seed, progress,
                                  fidelity_weight, residual)
-
-    def _autocast(self, device: torch.device):
-        dtype = PRECISIONS[self.precision]
-        if dtype is None:
-            return contextlib.nullcontext()
-        if dtype == torch.float16 and device.type != "cuda":
-            raise ValueError("precision 'fp16' needs a CUDA device (use 'bf16' on CPU).")
-        return torch.autocast(device_type=device.type, dtype=dtype)
 
     def _enhance(self, x, unbatched, steps, eta, strength, num_samples, seed, progress, fidelity_weight, residual):
         device = x.device
