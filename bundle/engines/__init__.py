@@ -1,13 +1,12 @@
 """Training and validation engines (ignite, through MONAI's workflows)."""
 
 from bundle.engines.diffusion_trainer import LatentDiffusionTrainer
-from bundle.engines.handlers import EMA, GroupLRSchedule, TrainingState
+from bundle.engines.handlers import GroupLRSchedule, TrainingState, make_ema
 from bundle.engines.reproducible import ResumableSampler, SeededDataset
 from bundle.engines.vae_stage import VAEStage
 from bundle.engines.validator import EnhancementValidator, TensorBoardPanels, ValidateEvery
 
 __all__ = [
-    "EMA",
     "EnhancementValidator",
     "GroupLRSchedule",
     "LatentDiffusionTrainer",
@@ -17,4 +16,5 @@ __all__ = [
     "TrainingState",
     "VAEStage",
     "ValidateEvery",
+    "make_ema",
 ]

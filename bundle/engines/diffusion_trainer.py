@@ -17,13 +17,14 @@ iteration.
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 import torch.nn.functional as F
 from ignite.engine import Events
 
 from bundle.engines.base import RecipeTrainer
-from bundle.engines.handlers import EMA, TrainingState
+from bundle.engines.handlers import TrainingState, make_ema
 from bundle.engines.losses import ReconstructionLoss
 from bundle.engines.reproducible import iteration_generator
 from bundle.engines.vae_stage import sample_posterior
@@ -95,7 +96,7 @@ class LatentDiffusionTrainer(RecipeTrainer):
         self.layer_lr_multipliers = {**DEFAULT_MULTIPLIERS, **(layer_lr_multipliers or {})}
         self.recon_weight = recon_weight
         self.kl_weight = kl_weight
-        self.ema = EMA(unet, decay=ema_decay)
+        self.ema = make_ema(unet, decay=ema_decay)
         self.enhancer_settings = dict(enhancer_settings or {})
         self.training_state = TrainingState()
         unet_params = {id(p) for p in unet.parameters()}
@@ -107,6 +108,11 @@ class LatentDiffusionTrainer(RecipeTrainer):
             group["lr"] = group["base_lr"]
             group["name"] = "unet"
         self.add_event_handler(Events.EPOCH_STARTED, self._maybe_enter_phase2)
+        # the scale factor is fixed after the VAE stage while phase 2 trains the encoder: watch
+        # the std of the scaled target latent (1 at the start) epoch by epoch
+        self._latent_moments = torch.zeros(3, dtype=torch.float64)
+        self.add_event_handler(Events.EPOCH_STARTED, lambda _: self._latent_moments.zero_())
+        self.add_event_handler(Events.EPOCH_COMPLETED, self._log_latent_std)
 
     # --- phases ---------------------------------------------------------------------------------
     @property
@@ -166,6 +172,7 @@ class LatentDiffusionTrainer(RecipeTrainer):
         prediction = self.unet(z_t, t, condition)
         loss_diffusion = F.mse_loss(prediction.float(), self.schedule.training_target(z0, noise, t).float())
         terms = {"loss_diffusion": float(loss_diffusion.detach()), "phase": self.phase}
+        terms["latent_std"] = self._track_latent(z0)
         loss = loss_diffusion
         if joint:
             recon = self.vae.decode(z_target)
@@ -180,7 +187,23 @@ class LatentDiffusionTrainer(RecipeTrainer):
         return loss, terms
 
     def after_optimizer_step(self) -> None:
-        self.ema.update(self.unet)
+        self.ema.update_parameters(self.unet)
+
+    def _track_latent(self, z0: torch.Tensor) -> float:
+        values = z0.detach().double().flatten().cpu()
+        self._latent_moments += torch.stack([values.sum(), (values**2).sum(), torch.tensor(float(values.numel()))])
+        return float(values.std())
+
+    def latent_std(self) -> float:
+        """Std of the scaled target latents seen this epoch (1 when the scale factor still fits)."""
+        total, squares, n = self._latent_moments.tolist()
+        return math.sqrt(max(squares / n - (total / n) ** 2, 0.0)) if n else float("nan")
+
+    def _log_latent_std(self, engine) -> None:
+        std = self.latent_std()
+        engine.state.metrics["latent_std"] = std
+        logger.info("epoch %d (phase %d): std of the scaled target latent %.4f (scale factor %.4f)",
+                    engine.state.epoch, self.phase, std, self.scale_factor)
 
     def build_enhancer(self, hu_windows, **settings):
         """The inference network from the current VAE and U-Net EMA (validation and export)."""

@@ -1,58 +1,67 @@
-"""Small training pieces that MONAI/ignite do not provide in the form this recipe needs."""
+"""Small training pieces: the learning-rate curve, the EMA of the U-Net, plain resume state."""
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 from ignite.engine import Engine, Events
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 
 class GroupLRSchedule:
-    """Linear warm-up, then constant or cosine decay, applied to every optimizer group.
+    """Linear warm-up, then constant or cosine decay, per optimizer step, for every group.
 
-    Each group's learning rate is ``group["base_lr"] * factor(iteration)``. Groups added later
-    (the VAE's groups at the phase-2 transition) follow the same curve at their own base rate,
-    which ``torch.optim.lr_scheduler`` classes cannot do (they fix their groups at construction).
-    The factor depends only on the engine's iteration, so there is no state to checkpoint.
+    Each group's learning rate is ``group["base_lr"] * factor(step)``, ``step`` counting optimizer
+    steps (not iterations: with gradient accumulation one step takes ``grad_accum_steps``
+    iterations, read from the engine). Groups added later (the VAE's at the phase-2 transition)
+    follow the same curve at their own base rate, which ``torch.optim.lr_scheduler`` classes
+    cannot do (they fix their groups at construction). The factor depends only on the engine's
+    iteration, so there is no state to checkpoint.
 
     Args:
         optimizer: the optimizer whose groups carry ``base_lr`` (set from ``lr`` when missing).
-        total_iterations: length of the run (for cosine); ``None`` means constant after warm-up.
-        warmup_iterations: linear warm-up from 0.
-        schedule: ``"constant"`` or ``"cosine"``.
+        warmup_steps: linear warm-up from 0 over this many optimizer steps.
+        schedule: ``"constant"`` or ``"cosine"`` (towards ``min_factor`` at the end of the run).
         min_factor: cosine floor as a fraction of the base rate.
+        total_steps: optimizer steps of the run; default: what the engine will take
+            (``max_epochs * epoch_length`` iterations over ``grad_accum_steps``, rounded up).
     """
 
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
-        total_iterations: int | None = None,
-        warmup_iterations: int = 0,
+        warmup_steps: int = 0,
         schedule: str = "constant",
         min_factor: float = 0.0,
+        total_steps: int | None = None,
     ) -> None:
         if schedule not in ("constant", "cosine"):
             raise ValueError(f"lr schedule must be 'constant' or 'cosine', got {schedule!r}.")
         self.optimizer = optimizer
-        self.total_iterations = total_iterations
-        self.warmup_iterations = warmup_iterations
+        self.warmup_steps = int(warmup_steps)
         self.schedule = schedule
         self.min_factor = min_factor
+        self.total_steps = total_steps
 
-    def factor(self, iteration: int) -> float:
-        if self.warmup_iterations and iteration < self.warmup_iterations:
-            return (iteration + 1) / self.warmup_iterations
-        if self.schedule == "constant" or not self.total_iterations:
+    def factor(self, step: int, total_steps: int | None) -> float:
+        """Learning-rate factor of optimizer step ``step`` (0-based) of ``total_steps``."""
+        if self.warmup_steps and step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.schedule == "constant" or not total_steps:
             return 1.0
-        span = max(1, self.total_iterations - self.warmup_iterations)
-        progress = min(1.0, (iteration - self.warmup_iterations) / span)
+        span = max(1, total_steps - self.warmup_steps)  # the floor lies one step past the last
+        progress = min(1.0, (step - self.warmup_steps) / span)
         return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     def __call__(self, engine: Engine) -> None:
-        f = self.factor(engine.state.iteration - 1)  # ITERATION_STARTED: state.iteration is 1-based
+        accumulate = int(getattr(engine, "grad_accum_steps", 1))
+        step = (engine.state.iteration - 1) // accumulate  # ITERATION_STARTED: iteration is 1-based
+        total = self.total_steps
+        if total is None and engine.state.epoch_length:
+            total = -(-engine.state.max_epochs * engine.state.epoch_length // accumulate)
+        f = self.factor(step, total)
         for group in self.optimizer.param_groups:
             group.setdefault("base_lr", group["lr"])
             group["lr"] = group["base_lr"] * f
@@ -61,32 +70,26 @@ class GroupLRSchedule:
         engine.add_event_handler(Events.ITERATION_STARTED, self)
 
 
-class EMA(nn.Module):
-    """Exponential moving average of a network's weights (used for validation and export).
+def warmup_ema(decay: float):
+    """``avg_fn`` for ``AveragedModel``: an EMA whose decay warms up as ``min(decay, (1 + n) /
+    (10 + n))`` after ``n`` updates, so a short run (the demo) does not end on weights that are
+    mostly the first steps'."""
 
-    The decay warms up as ``min(decay, (1 + n) / (10 + n))`` so a short run (the demo) does not
-    end with weights that are mostly the random initialisation.
-    """
+    def average(averaged: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
+        n = int(num_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        return averaged + (current.to(averaged.dtype) - averaged) * (1 - d)
 
-    def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
-        super().__init__()
-        self.decay = decay
-        self.module = copy.deepcopy(model).eval()
-        self.module.requires_grad_(False)
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+    return average
 
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        n = int(self.num_updates)
-        decay = min(self.decay, (1 + n) / (10 + n))
-        for ema_p, p in zip(self.module.parameters(), model.parameters()):
-            ema_p.lerp_(p.detach().to(ema_p.dtype), 1 - decay)
-        for ema_b, b in zip(self.module.buffers(), model.buffers()):
-            ema_b.copy_(b)
-        self.num_updates += 1
 
-    def forward(self, *args, **kwargs):
-        return self.module(*args, **kwargs)
+def make_ema(model: nn.Module, decay: float = 0.999) -> AveragedModel:
+    """torch's ``AveragedModel`` as the EMA of ``model`` (validation and export use ``.module``):
+    a frozen copy in eval mode; ``update_parameters(model)`` after each optimizer step (the first
+    update copies the weights, later ones average with :func:`warmup_ema`)."""
+    ema = AveragedModel(model, avg_fn=warmup_ema(decay), use_buffers=True)
+    ema.module.requires_grad_(False)
+    return ema.eval()
 
 
 class TrainingState:

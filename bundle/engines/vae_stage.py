@@ -146,17 +146,20 @@ class VAEStage(RecipeTrainer):
         return loss, terms
 
     def _adversarial(self, recon: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """Least-squares patch GAN: update D on (real, fake), return G's term and D's loss."""
+        """Least-squares patch GAN: D's loss on (real, fake) is back-propagated here through
+        :meth:`backward` (so it accumulates and scales like the generator's and D steps with the
+        VAE at the window's end); returns G's term and D's loss."""
         self.discriminator.requires_grad_(True)
-        self.discriminator_optimizer.zero_grad(set_to_none=True)
-        real = self.discriminator(x.detach())[-1]
-        fake = self.discriminator(recon.detach())[-1]
+        real = self.discriminator(x.detach())[-1].float()
+        fake = self.discriminator(recon.detach())[-1].float()
         loss_d = 0.5 * (F.mse_loss(real, torch.ones_like(real)) + F.mse_loss(fake, torch.zeros_like(fake)))
-        loss_d.backward()
-        self.discriminator_optimizer.step()
+        self.backward(loss_d)
         self.discriminator.requires_grad_(False)
-        logits = self.discriminator(recon)[-1]
+        logits = self.discriminator(recon)[-1].float()
         return F.mse_loss(logits, torch.ones_like(logits)), float(loss_d.detach())
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return super().optimizers() + ([self.discriminator_optimizer] if self.discriminator is not None else [])
 
     def checkpoint_objects(self) -> dict:
         objects = {"vae": self.vae}

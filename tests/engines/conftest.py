@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+REPO = Path(__file__).resolve().parents[2]
+TRAIN_CONFIG = str(REPO / "configs" / "train.yaml")
+
 TINY_NETWORK = yaml.safe_load((Path(__file__).resolve().parents[1] / "tiny.yaml").read_text())["network"]
 
 
@@ -53,3 +56,21 @@ def tiny_overrides(tiny_dataset, tmp_path) -> dict:
         "amp": "fp32",
         "device": "cpu",
     }
+
+
+@pytest.fixture
+def make_parser(monkeypatch):
+    """``make_parser(overrides)``: configs/train.yaml with ``overrides``, seeded as its run list's
+    first step does, from the bundle root (configs refer to configs/common.yaml relative to it)."""
+    from monai.bundle import ConfigParser
+
+    monkeypatch.chdir(REPO)
+
+    def make(overrides: dict) -> ConfigParser:
+        parser = ConfigParser()
+        parser.read_config(TRAIN_CONFIG)
+        parser.update(overrides)
+        parser.get_parsed_content("training#0")  # monai.utils.set_determinism(seed=@seed)
+        return parser
+
+    return make

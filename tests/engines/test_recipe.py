@@ -2,37 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from ignite.engine import Events
-from monai.bundle import ConfigParser
-
-REPO = Path(__file__).resolve().parents[2]
-
-TRAIN_CONFIG = str(REPO / "configs" / "train.yaml")
-
-
-def make_parser(overrides: dict) -> ConfigParser:
-    """The training config with overrides, seeded as its run list's first step does."""
-    parser = ConfigParser()
-    parser.read_config(TRAIN_CONFIG)
-    parser.update(overrides)
-    parser.get_parsed_content("training#0")  # monai.utils.set_determinism(seed=@seed)
-    return parser
-
-
-@pytest.fixture(autouse=True)
-def _run_from_repo_root(monkeypatch):
-    monkeypatch.chdir(REPO)  # configs refer to configs/common.yaml relative to the bundle root
 
 
 def snapshot(module: torch.nn.Module) -> dict:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def test_whole_recipe_phases_and_model_file(tiny_overrides, recipe_variant):
+def test_whole_recipe_phases_and_model_file(make_parser, tiny_overrides, recipe_variant):
     variant, variant_overrides = recipe_variant
     parser = make_parser({**tiny_overrides, **variant_overrides})
     vae_stage = parser.get_parsed_content("vae_stage")
@@ -99,7 +78,7 @@ def test_whole_recipe_phases_and_model_file(tiny_overrides, recipe_variant):
     assert all(torch.equal(enhancer.unet.state_dict()[k], ema[k]) for k in ema)
 
 
-def test_resume_matches_uninterrupted_run(tiny_overrides, recipe_variant, tmp_path):
+def test_resume_matches_uninterrupted_run(make_parser, tiny_overrides, recipe_variant, tmp_path):
     # validation does not touch training state
     overrides = {**tiny_overrides, **recipe_variant[1], "val_interval": 100}
 
@@ -136,7 +115,7 @@ def test_resume_matches_uninterrupted_run(tiny_overrides, recipe_variant, tmp_pa
     assert all(torch.equal(a, b) for a, b in zip(reference.ema.state_dict().values(), resumed.ema.state_dict().values()))
 
 
-def test_phase2_keeps_latent_spread_and_reconstruction(tiny_overrides):
+def test_phase2_keeps_latent_spread_and_reconstruction(make_parser, tiny_overrides):
     """Joint training must not collapse the latent: spread and reconstruction stay in bounds."""
     overrides = {**tiny_overrides, "vae_epochs": 3, "num_epochs": 4, "phase1_epochs": 1, "val_interval": 100}
     parser = make_parser(overrides)
@@ -163,7 +142,7 @@ def test_phase2_keeps_latent_spread_and_reconstruction(tiny_overrides):
     assert l1_after < 1.25 * l1_before + 5.0, (l1_before, l1_after)  # HU
 
 
-def test_vae_stage_with_adversarial_term_runs_on_slabs(tiny_overrides):
+def test_vae_stage_with_adversarial_term_runs_on_slabs(make_parser, tiny_overrides):
     """The patch discriminator must fit an 8-slice slab (MONAI's default kernel 4 did not)."""
     parser = make_parser({**tiny_overrides, "adversarial_weight": 0.1})
     stage = parser.get_parsed_content("vae_stage")
@@ -172,7 +151,7 @@ def test_vae_stage_with_adversarial_term_runs_on_slabs(tiny_overrides):
     assert {"adv_generator", "adv_discriminator"} <= set(stage.state.output)
 
 
-def test_validation_shows_the_supervised_cnn_row_when_trained(tiny_overrides, tmp_path):
+def test_validation_shows_the_supervised_cnn_row_when_trained(make_parser, tiny_overrides, tmp_path):
     """Training's validation scores the RED-CNN baseline beside identity, the ceiling and the model
     when its model file exists (and leaves it out, saying why, when it does not)."""
     from bundle.evaluation.metrics import volume_metrics
@@ -197,7 +176,7 @@ def test_validation_shows_the_supervised_cnn_row_when_trained(tiny_overrides, tm
     assert metrics["redcnn/[-160,240]/psnr"] == pytest.approx(expected["psnr"], rel=1e-5)
 
 
-def test_fidelity_channel_weights_change_only_the_paths_term(tiny_overrides):
+def test_fidelity_channel_weights_change_only_the_paths_term(make_parser, tiny_overrides):
     """fidelity_channel_weights weigh the path's reconstruction term alone: the VAE's own terms
     (the spec's L1) are untouched."""
     overrides = {**tiny_overrides, "network#fidelity_channels": [8, 16, 16]}
