@@ -19,7 +19,7 @@ exports model.pt, and scores on the datalist's TEST split, soft-tissue window [-
                    configs/demo.yaml first).
 
 Metrics: per-slice PSNR and SSIM over tissue slices (air slices excluded, as in
-bundle/evaluation/metrics.py) and the pooled volume PSNR; costs: parameters and seconds per
+bundle/metrics/image_quality.py) and the pooled volume PSNR; costs: parameters and seconds per
 iteration of each stage (wall clock on this machine, one thread; other jobs move them).
 
     python scripts/fidelity_study.py                       # every variant (hours on 2 CPU cores)
@@ -161,7 +161,7 @@ def test_pairs(parser: ConfigParser, split: str = "test") -> list[tuple[str, tor
 
 
 def score(pred: torch.Tensor, target: torch.Tensor) -> dict:
-    from bundle.evaluation.metrics import volume_metrics
+    from bundle.metrics import volume_metrics
 
     soft = volume_metrics(pred, target, SOFT)
     full = volume_metrics(pred, target, FULL)

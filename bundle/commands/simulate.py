@@ -204,7 +204,7 @@ def simulate_volume(volume, *, dose, i0, seed, executor):
 
 
 def _noise_report(volume, source, target) -> str:
-    from bundle.data.simulate import find_flat_region, measure_noise_sigma
+    from bundle.metrics import find_flat_region, measure_noise_sigma
 
     flat = find_flat_region(volume.hu)
     sigma_source = measure_noise_sigma(source, flat)

@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from bundle.data.phantom import flat_region, make_phantom
-from bundle.data.simulate import calibrated_i0, find_flat_region, measure_noise_sigma, scan_geometry, simulate_pair
+from bundle.data.simulate import calibrated_i0, scan_geometry, simulate_pair
+from bundle.metrics import find_flat_region, measure_noise_sigma
 from bundle.data.volume_io import save_nifti
 from bundle.utils.io import atomic_write_json
 

@@ -47,9 +47,7 @@ __all__ = [
     "REFERENCE_I0",
     "ScanGeometry",
     "calibrated_i0",
-    "find_flat_region",
     "hu_to_mu",
-    "measure_noise_sigma",
     "mu_to_hu",
     "scan_geometry",
     "simulate_pair",
@@ -268,73 +266,3 @@ def simulate_pair(
     if hu.ndim == 2:
         return source[0], target[0]
     return source, target
-
-
-def _in_slice_structure(ndim: int) -> np.ndarray | None:
-    """Labelling structure that connects voxels within a slice only (4-connectivity)."""
-    if ndim == 2:
-        return None
-    structure = np.zeros((3, 3, 3), dtype=bool)
-    structure[1] = ndimage.generate_binary_structure(2, 1)
-    return structure
-
-
-def measure_noise_sigma(hu: np.ndarray, mask: np.ndarray, min_voxels: int = 16) -> float:
-    """Noise standard deviation (HU) inside ``mask``, pooled over its flat regions.
-
-    Each 2D connected component of ``mask`` (per slice) is taken as one flat region with its own
-    mean, so a mask spanning, say, liver and muscle does not count their HU difference as noise.
-    Components under ``min_voxels`` are ignored. Returns NaN when nothing is left.
-    """
-    values = np.asarray(hu, dtype=np.float64)
-    mask = np.asarray(mask, dtype=bool)
-    if values.shape != mask.shape:
-        raise ValueError(f"image {values.shape} and mask {mask.shape} differ in shape")
-    labels, count = ndimage.label(mask, structure=_in_slice_structure(mask.ndim))
-    if count == 0:
-        return float("nan")
-    index = labels[mask]
-    data = values[mask]
-    n = np.bincount(index, minlength=count + 1)[1:].astype(np.float64)
-    total = np.bincount(index, weights=data, minlength=count + 1)[1:]
-    # Deviations from each component's mean, summed; computed directly (not sum(x^2) - n mean^2)
-    # so large HU offsets do not cost precision.
-    means = np.zeros(count + 1)
-    means[1:] = total / np.maximum(n, 1)
-    squares = np.bincount(index, weights=(data - means[index]) ** 2, minlength=count + 1)[1:]
-    keep = n >= min_voxels
-    dof = float((n[keep] - 1).sum())
-    if dof <= 0:
-        return float("nan")
-    return float(math.sqrt(squares[keep].sum() / dof))
-
-
-def find_flat_region(
-    hu: np.ndarray,
-    window: int = 7,
-    hu_range: tuple[float, float] = (-150.0, 200.0),
-    max_local_std: float | None = None,
-) -> np.ndarray:
-    """Mask of soft-tissue voxels whose in-plane neighbourhood is flat; look in a clean volume.
-
-    A voxel is kept when its HU and the mean HU of its ``window x window`` in-plane neighbourhood
-    lie in ``hu_range`` and the neighbourhood's standard deviation is at most ``max_local_std``
-    (default: 1.25 x the 5th percentile of the soft-tissue voxels' local std, but at least 3 HU,
-    so an exactly flat phantom and a real, already noisy scan both yield a region). Edges within
-    half a window are excluded, so every 2D component lies inside one tissue.
-
-    Args:
-        hu: HU, (slices, rows, cols) or (rows, cols); typically the normal-dose input.
-    """
-    values = np.asarray(hu, dtype=np.float64)
-    size = (window, window) if values.ndim == 2 else (1, window, window)
-    local_mean = ndimage.uniform_filter(values, size=size, mode="nearest")
-    local_sq = ndimage.uniform_filter(values**2, size=size, mode="nearest")
-    local_std = np.sqrt(np.maximum(local_sq - local_mean**2, 0.0))
-    low, high = hu_range
-    candidate = (values >= low) & (values <= high) & (local_mean >= low) & (local_mean <= high)
-    if not candidate.any():
-        return candidate
-    if max_local_std is None:
-        max_local_std = max(3.0, 1.25 * float(np.quantile(local_std[candidate], 0.05)))
-    return candidate & (local_std <= max_local_std)

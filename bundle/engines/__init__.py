@@ -4,7 +4,7 @@ from bundle.engines.diffusion_trainer import LatentDiffusionTrainer
 from bundle.engines.handlers import GroupLRSchedule, TrainingState, make_ema
 from bundle.engines.reproducible import ResumableSampler, SeededDataset
 from bundle.engines.vae_stage import VAEStage
-from bundle.engines.validator import EnhancementValidator, TensorBoardPanels, ValidateEvery
+from bundle.engines.validator import EnhancementValidator, TensorBoardPanels, ValidationHandler
 
 __all__ = [
     "EnhancementValidator",
@@ -15,6 +15,6 @@ __all__ = [
     "TensorBoardPanels",
     "TrainingState",
     "VAEStage",
-    "ValidateEvery",
+    "ValidationHandler",
     "make_ema",
 ]

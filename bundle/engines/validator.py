@@ -7,8 +7,9 @@ side so a run shows where it stands: ``identity`` (the low-dose input as the ans
 ``model``; a model with a fidelity path or a residual output adds ``ceiling``, its own output
 formula with the target's latent (``CTEnhancer.ceiling``); ``reference_methods`` (evaluation
 methods, e.g. the supervised RED-CNN when its model file exists) add their own rows. Metrics are
-per-slice PSNR/SSIM/RMSE in each configured window plus whole-volume PSNR
-(``bundle.evaluation.metrics``). The key metric is the model's soft-tissue-window PSNR.
+per-slice PSNR/SSIM/RMSE in each configured window plus whole-volume PSNR, on the volumes' own
+voxels (``bundle.metrics.window_metrics``, the evaluation's protocol). The key metric is the
+model's soft-tissue-window PSNR.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 
+import monai.handlers
 import torch
 from ignite.engine import Events
 from monai.engines import Evaluator
 
-from bundle.evaluation.metrics import DEFAULT_WINDOWS, volume_metrics, window_name
+from bundle.metrics import METRIC_WINDOWS, window_metrics, window_name
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ class EnhancementValidator(Evaluator):
         val_data_loader,
         hu_windows,
         num_inference_steps: int = 10,
-        windows=DEFAULT_WINDOWS,
+        windows=METRIC_WINDOWS,
         seed: int = 0,
         handlers=None,
         reference_methods=(),
@@ -54,7 +56,7 @@ class EnhancementValidator(Evaluator):
         super().__init__(
             device=torch.device(device), val_data_loader=val_data_loader, val_handlers=handlers, decollate=False
         )
-        self.trainer = None  # set by ValidateEvery (the trainer's handlers reference this object)
+        self.trainer = None  # set by ValidationHandler (the trainer's handlers reference this object)
         self.hu_windows = hu_windows
         self.num_inference_steps = num_inference_steps
         self.windows = tuple(tuple(w) for w in windows)
@@ -73,7 +75,7 @@ class EnhancementValidator(Evaluator):
 
     def _start(self, engine) -> None:
         if self.trainer is None:
-            raise RuntimeError("EnhancementValidator needs a trainer: attach it with ValidateEvery.")
+            raise RuntimeError("EnhancementValidator needs a trainer: attach it with bundle.engines.ValidationHandler.")
         self._enhancer = self.trainer.build_enhancer(
             self.hu_windows, num_inference_steps=self.num_inference_steps, seed=self.seed
         ).to(self.state.device)
@@ -93,9 +95,7 @@ class EnhancementValidator(Evaluator):
                 rows.append((method.name, method.enhance(source).hu.to(source.device)))
         for b in range(source.shape[0]):
             for name, pred in rows:
-                self._rows[name].append(
-                    {window_name(w): volume_metrics(pred[b], target[b], w) for w in self.windows}
-                )
+                self._rows[name].append(window_metrics(pred[b], target[b], self.windows))
         return {"source": source, "target": target, "pred": model}
 
     def _summarise(self, engine) -> None:
@@ -119,23 +119,15 @@ class EnhancementValidator(Evaluator):
             engine.state.best_metric_epoch = self.trainer.state.epoch
 
 
-class ValidateEvery:
-    """Trainer handler: run the validator every ``interval`` epochs (and give it the trainer).
-
-    Like MONAI's ``ValidationHandler``, but the validator needs the trainer's current networks,
-    and a config cannot reference the trainer from the validator without a cycle.
-    """
-
-    def __init__(self, validator: EnhancementValidator, interval: int = 1) -> None:
-        self.validator = validator
-        self.interval = interval
+class ValidationHandler(monai.handlers.ValidationHandler):
+    """MONAI's ``ValidationHandler`` (run the validator every ``interval`` epochs) that also hands
+    the validator its trainer when attached: the validator builds the enhancer from the trainer's
+    current VAE and EMA U-Net, and a config cannot give the validator the trainer that holds this
+    handler without a reference cycle."""
 
     def attach(self, engine) -> None:
         self.validator.trainer = engine
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
-
-    def __call__(self, engine) -> None:
-        self.validator.run(engine.state.epoch)
+        super().attach(engine)
 
 
 class TensorBoardPanels:

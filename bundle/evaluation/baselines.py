@@ -27,34 +27,12 @@ import torch
 from scipy import ndimage
 
 from bundle.evaluation.methods import Method, Pair
-from bundle.evaluation.metrics import volume_metrics, window_name
+from bundle.metrics import estimate_noise_sigma, volume_metrics, window_name
 from bundle.inference.enhancer import Enhancement
 
-__all__ = ["BM3DFilter", "GaussianFilter", "NonLocalMeans", "estimate_noise_sigma"]
+__all__ = ["BM3DFilter", "GaussianFilter", "NonLocalMeans"]
 
 SOFT_TISSUE = (-160.0, 240.0)
-
-# Second-difference kernel whose response to white noise of std s has std 6 s (its L2 norm is 6)
-# and to any linear ramp is 0 (Immerkaer 1996, "Fast noise variance estimation").
-_LAPLACE = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
-
-
-def estimate_noise_sigma(slice_hu: np.ndarray, hu_range=(-150.0, 200.0)) -> float:
-    """Noise std (HU) of one 2D slice: median absolute second difference over soft tissue.
-
-    Only voxels whose 3 x 3 neighbourhood lies in ``hu_range`` count (edges of bone and air
-    would dominate otherwise); the median of |response| / 0.6745 is the std of a Gaussian, and
-    the kernel multiplies a white-noise std by 6. 0 when no such voxel exists.
-    """
-    values = np.asarray(slice_hu, dtype=np.float64)
-    low, high = hu_range
-    inside = (values >= low) & (values <= high)
-    inside = ndimage.binary_erosion(inside, structure=np.ones((3, 3)))
-    if inside.sum() < 16:
-        return 0.0
-    response = ndimage.convolve(values, _LAPLACE, mode="nearest")
-    return float(np.median(np.abs(response[inside])) / 0.6745 / 6.0)
-
 
 def _as_volume(source_hu: torch.Tensor) -> np.ndarray:
     """(1, S, H, W) tensor -> (S, H, W) float64 array."""

@@ -1,11 +1,10 @@
 """The evaluation run: methods x windows x test volumes -> numbers, panels, plot and report.
 
 :class:`Evaluation` takes the datalist's test pairs (whole volumes through ``val_transforms``:
-HU, ``(1, S, H, W)``; the padding that chain adds is cropped away again, so every method is
-scored on the scan's own voxels), the validation pairs (classical filters tune on them) and a
-list of :class:`~bundle.evaluation.methods.Method` rows. For every test volume and method it
-times the method, scores its output with :func:`~bundle.evaluation.metrics.volume_metrics` in
-every window (per-slice PSNR/SSIM/RMSE over tissue slices, pooled volume PSNR, noise sigma in
+HU, ``(1, S, H, W)``, on the scan's own voxels, as training's validation scores them), the
+validation pairs (classical filters tune on them) and a list of
+:class:`~bundle.evaluation.methods.Method` rows. For every test volume and method it times the
+method, scores its output with :func:`~bundle.metrics.window_metrics` in every window (per-slice PSNR/SSIM/RMSE over tissue slices, pooled volume PSNR, noise sigma in
 the target's flat regions, one mask per volume for all methods) and keeps one slice for the
 panels. Means are over volumes (each volume counts once). ``configs/evaluate.yaml`` declares
 the rows; :mod:`bundle.evaluation.report` writes the files.
@@ -25,14 +24,14 @@ from tqdm.auto import tqdm
 
 from bundle.evaluation import report
 from bundle.evaluation.methods import Method, Pair
-from bundle.evaluation.metrics import (
-    DEFAULT_WINDOWS,
+from bundle.metrics import (
+    METRIC_WINDOWS,
     PSNR_CAP,
     TISSUE_HU,
     flat_region_mask,
     mean_metrics,
     noise_sigma,
-    volume_metrics,
+    window_metrics,
     window_name,
 )
 
@@ -41,30 +40,15 @@ __all__ = ["Evaluation", "as_pair", "panel_slice"]
 logger = logging.getLogger(__name__)
 
 SOFT_TISSUE = (-160.0, 240.0)
-_PAD_TRANSFORMS = {"SpatialPad", "DivisiblePad", "BorderPad", "Pad"}
-
-
-def _original_size(image) -> tuple[int, ...] | None:
-    """Spatial size before the first padding transform recorded in a MetaTensor, if any."""
-    for op in getattr(image, "applied_operations", None) or []:
-        if op.get("class") in _PAD_TRANSFORMS and op.get("orig_size") is not None:
-            return tuple(int(s) for s in op["orig_size"])
-    return None
-
-
 def as_pair(item: dict, index: int = 0) -> Pair:
-    """A transformed datalist item -> :class:`Pair`: plain float32 tensors ``(1, S, H, W)`` in
-    HU, cropped to the size before ``val_transforms`` padded them (padding is at the end)."""
-    source, target = item["source"], item["target"]
-    size = _original_size(source) or tuple(source.shape[1:])
-    crop = (slice(None),) + tuple(slice(0, s) for s in size)
+    """A transformed datalist item -> :class:`Pair`: plain float32 tensors ``(1, S, H, W)`` in HU."""
 
     def plain(x):
         x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
-        return x[crop].float().contiguous()
+        return x.float().contiguous()
 
     patient = item.get("patient") or Path(str(item.get("source_path", f"volume{index:03d}"))).name
-    return Pair(patient=str(patient), source=plain(source), target=plain(target))
+    return Pair(patient=str(patient), source=plain(item["source"]), target=plain(item["target"]))
 
 
 def panel_slice(target_hu: torch.Tensor) -> int:
@@ -101,7 +85,7 @@ class Evaluation:
         methods: Sequence[Method],
         output_dir: str | Path,
         validation_data: Iterable[dict] | None = None,
-        windows=DEFAULT_WINDOWS,
+        windows=METRIC_WINDOWS,
         key_window=SOFT_TISSUE,
         panel_window=SOFT_TISSUE,
         min_tissue_fraction: float = 0.05,
@@ -141,10 +125,7 @@ class Evaluation:
 
     def score(self, pred_hu: torch.Tensor, target_hu: torch.Tensor, flat_mask=None) -> dict[str, dict[str, float]]:
         """One volume's metrics in every window: ``{window name: {metric: value}}``."""
-        return {
-            window_name(w): volume_metrics(pred_hu, target_hu, w, self.min_tissue_fraction, flat_mask=flat_mask)
-            for w in self.windows
-        }
+        return window_metrics(pred_hu, target_hu, self.windows, self.min_tissue_fraction, flat_mask=flat_mask)
 
     # --- the run ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:

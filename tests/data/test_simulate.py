@@ -10,14 +10,9 @@ import numpy as np
 import pytest
 
 from bundle.data.phantom import flat_region, make_phantom, water_cylinder
-from bundle.data.simulate import (
-    calibrated_i0,
-    find_flat_region,
-    measure_noise_sigma,
-    scan_geometry,
-    simulate_pair,
-)
+from bundle.data.simulate import calibrated_i0, scan_geometry, simulate_pair
 from bundle.data.volume_io import load_ct, save_nifti
+from bundle.metrics import find_flat_region, measure_noise_sigma
 
 PIXEL_MM = 2.7
 RADIUS_MM = 75.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
@@ -154,7 +155,7 @@ def test_vae_stage_with_adversarial_term_runs_on_slabs(make_parser, tiny_overrid
 def test_validation_shows_the_supervised_cnn_row_when_trained(make_parser, tiny_overrides, tmp_path):
     """Training's validation scores the RED-CNN baseline beside identity, the ceiling and the model
     when its model file exists (and leaves it out, saying why, when it does not)."""
-    from bundle.evaluation.metrics import volume_metrics
+    from bundle.metrics import volume_metrics
     from bundle.evaluation.redcnn import RedCNN3D, RedCNNEnhancer, load_redcnn
 
     torch.manual_seed(0)
@@ -193,3 +194,39 @@ def test_fidelity_channel_weights_change_only_the_paths_term(make_parser, tiny_o
     plain, weighted = results
     assert weighted["l1"] == pytest.approx(plain["l1"], rel=1e-6)
     assert weighted["fidelity_l1"] != pytest.approx(plain["fidelity_l1"], rel=1e-3)
+
+
+def test_validation_scores_the_scans_own_voxels_like_the_evaluation(make_parser, tiny_overrides, tiny_dataset, tmp_path):
+    """One protocol: training's validation scores a pair exactly as the evaluation does, on the
+    scan's own voxels. The pair here (6 slices of 60 x 52) is not a multiple of the VAE factor
+    nor a whole slab; padding it with air, as validation used to, raised its PSNR."""
+    import json
+
+    import nibabel as nib
+
+    from bundle.evaluation.evaluate import as_pair
+    from bundle.metrics import window_metrics
+
+    datalist = json.loads((tiny_dataset / "datalist.json").read_text())
+    item = datalist["validation"][0]
+    cropped = {"patient": "cropped"}
+    for key in ("source", "target"):
+        image = nib.load(str(tiny_dataset / item[key]))
+        data = np.asarray(image.dataobj, dtype=np.float32)[2:62, 6:58, 1:7]  # (i, j, k) of the file
+        cropped[key] = str(tmp_path / f"cropped_{key}.nii.gz")
+        nib.save(nib.Nifti1Image(data, image.affine), cropped[key])
+    training = [{k: str(tiny_dataset / v) if k != "patient" else v for k, v in e.items()} for e in datalist["training"]]
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": training, "validation": [cropped], "test": []}))
+
+    parser = make_parser({**tiny_overrides, "datalist": str(tmp_path / "datalist.json")})
+    trainer = parser.get_parsed_content("diffusion_trainer")
+    validator = parser.get_parsed_content("validator")
+    trainer.training_state.scale_factor = 1.0
+    validator.trainer = trainer
+    validator.run()
+    pair = as_pair(parser.get_parsed_content("val_transforms")(cropped))
+    assert pair.source.shape == (1, 6, 52, 60)  # SPL: slices, rows (j), columns (i)
+    expected = window_metrics(pair.source, pair.target, validator.windows)
+    for window, values in expected.items():
+        for metric in ("psnr", "ssim", "rmse", "volume_psnr"):
+            assert validator.state.metrics[f"identity/{window}/{metric}"] == pytest.approx(values[metric], rel=1e-6)

@@ -10,10 +10,10 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from bundle.evaluation.baselines import GaussianFilter, NonLocalMeans, estimate_noise_sigma
+from bundle.evaluation.baselines import GaussianFilter, NonLocalMeans
 from bundle.evaluation.evaluate import Evaluation, as_pair, panel_slice
 from bundle.evaluation.methods import DiffusionSampling, Identity, Method, ModelCeiling, diffusion_methods
-from bundle.evaluation.metrics import DEFAULT_WINDOWS, PSNR_CAP, flat_region_mask, volume_metrics, window_name
+from bundle.metrics import METRIC_WINDOWS, PSNR_CAP, estimate_noise_sigma, flat_region_mask, volume_metrics, window_name
 from bundle.evaluation.redcnn import RedCNN3D, RedCNNEnhancer, RedCNNMethod, load_redcnn
 from bundle.inference import CTEnhancer
 from bundle.inference.enhancer import Enhancement
@@ -115,7 +115,7 @@ def test_identity_row_is_the_input_score(evaluation_run, tiny_dataset):
     metrics = json.loads((evaluation_run / "metrics.json").read_text())
     (pair,) = test_pairs(tiny_dataset)
     flat = flat_region_mask(pair.target)
-    for window in DEFAULT_WINDOWS:
+    for window in METRIC_WINDOWS:
         expected = volume_metrics(pair.source, pair.target, window, flat_mask=flat)
         assert metrics["identity"][window_name(window)] == expected
 
@@ -136,7 +136,7 @@ def test_ceiling_row_is_decode_encode_of_the_target(evaluation_run, tiny_dataset
         recon = enhancer.windows.to_hu(enhancer.autoencoder.decode(latent))[0, :, :s, :h, :w]
     assert torch.allclose(recon, enhancer.reconstruct(pair.target), atol=1e-2)
     flat = flat_region_mask(pair.target)
-    for window in DEFAULT_WINDOWS:
+    for window in METRIC_WINDOWS:
         expected = volume_metrics(recon, pair.target, window, flat_mask=flat)
         assert metrics["vae_ceiling"][window_name(window)] == pytest.approx(expected, rel=1e-5)
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from bundle.evaluation.metrics import (
-    DEFAULT_WINDOWS,
+from bundle.metrics import (
+    METRIC_WINDOWS,
     PSNR_CAP,
     flat_region_mask,
     mean_metrics,
@@ -67,7 +67,7 @@ def numpy_metrics(pred, target, window, min_tissue_fraction=0.05):
     }
 
 
-@pytest.mark.parametrize("window", DEFAULT_WINDOWS, ids=window_name)
+@pytest.mark.parametrize("window", METRIC_WINDOWS, ids=window_name)
 def test_metrics_match_numpy_and_skimage(window):
     pred, target = synthetic_pair()
     ours = volume_metrics(torch.from_numpy(pred)[None], torch.from_numpy(target)[None], window)
@@ -83,7 +83,7 @@ def test_metrics_match_numpy_and_skimage(window):
 def test_exact_prediction_scores_the_cap_and_ssim_one():
     _, target = synthetic_pair()
     volume = torch.from_numpy(target)
-    for window in DEFAULT_WINDOWS:
+    for window in METRIC_WINDOWS:
         m = volume_metrics(volume, volume.clone(), window)
         assert m["psnr"] == PSNR_CAP and m["volume_psnr"] == PSNR_CAP
         assert m["rmse"] == 0.0
@@ -93,7 +93,7 @@ def test_exact_prediction_scores_the_cap_and_ssim_one():
 def test_window_names():
     assert window_name((-160, 240)) == "[-160,240]"
     assert window_name((-1024.0, 3072.0)) == "[-1024,3072]"
-    assert [window_name(w) for w in DEFAULT_WINDOWS] == ["[-1024,3072]", "[-1000,1000]", "[-160,240]"]
+    assert [window_name(w) for w in METRIC_WINDOWS] == ["[-1024,3072]", "[-1000,1000]", "[-160,240]"]
 
 
 def test_all_air_volume_is_scored_rather_than_empty():

@@ -5,24 +5,29 @@
   usual constants) on the window scaled to [0, 1].
 - Slices that are almost all air (tissue fraction of the target, HU > -500, below
   ``min_tissue_fraction``) are left out: inside a narrow window they have near-zero error and an
-  unbounded PSNR that swamps the mean (see ../shared/notes/ldct.md). ``volume_psnr`` is one PSNR
+  unbounded PSNR that swamps the mean (docs/evaluation.md). ``volume_psnr`` is one PSNR
   of the squared error pooled over the same slices, so no single near-perfect slice can dominate it.
 - A perfect slice has infinite PSNR; it is capped at ``PSNR_CAP`` dB so means stay finite.
-- Noise sigma (HU) in flat regions: :func:`flat_region_mask` finds flat soft tissue in the TARGET
-  (low local standard deviation, inside the body), and :func:`noise_sigma` measures any output's
-  standard deviation there, per 2D region around its own mean. One mask per volume, shared by all
-  methods, so their sigmas compare.
+- Noise sigma (HU) in flat regions (:mod:`bundle.metrics.noise`): one mask per volume, found in
+  the TARGET and shared by all methods, so their sigmas compare.
+- :func:`window_metrics` scores one volume in every window: the one protocol of training's
+  validation and of the evaluation. Both score the scan's own voxels (nothing padded).
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from monai.metrics import SSIMMetric
 
-DEFAULT_WINDOWS = ((-1024.0, 3072.0), (-1000.0, 1000.0), (-160.0, 240.0))
+from bundle.metrics.noise import noise_sigma
+
+__all__ = ["METRIC_WINDOWS", "PSNR_CAP", "TISSUE_HU", "mean_metrics", "psnr", "volume_metrics", "window_metrics",
+           "window_name"]
+
+# full range, a wide window (lung to bone), soft tissue: the last one is the key window
+METRIC_WINDOWS = ((-1024.0, 3072.0), (-1000.0, 1000.0), (-160.0, 240.0))
 PSNR_CAP = 100.0
 TISSUE_HU = -500.0
 
@@ -89,27 +94,14 @@ def volume_metrics(
     return result
 
 
-def flat_region_mask(target_hu) -> np.ndarray:
-    """Boolean ``(S, H, W)`` mask of flat soft tissue in the target (see the module docstring).
-
-    Voxels in [-150, 200] HU whose 7 x 7 in-plane neighbourhood has a local standard deviation
-    near the volume's smallest (``bundle.data.simulate.find_flat_region``): the regions where
-    any remaining variation is noise rather than anatomy.
-    """
-    from bundle.data.simulate import find_flat_region
-
-    target = _as_slices(target_hu)[:, 0].numpy()
-    return find_flat_region(target)
-
-
-def noise_sigma(pred_hu, flat_mask) -> float:
-    """Standard deviation (HU) of ``pred_hu`` inside ``flat_mask``, each 2D region around its own
-    mean (regions under 16 voxels ignored); NaN when the mask is empty."""
-    from bundle.data.simulate import measure_noise_sigma
-
-    pred = _as_slices(pred_hu)[:, 0].numpy()
-    mask = np.asarray(flat_mask, dtype=bool).reshape(pred.shape)
-    return measure_noise_sigma(pred, mask)
+def window_metrics(
+    pred_hu, target_hu, windows=METRIC_WINDOWS, min_tissue_fraction: float = 0.05, flat_mask=None
+) -> dict[str, dict[str, float]]:
+    """One volume's :func:`volume_metrics` in every window: ``{window_name: {metric: value}}``."""
+    return {
+        window_name(w): volume_metrics(pred_hu, target_hu, w, min_tissue_fraction, flat_mask=flat_mask)
+        for w in windows
+    }
 
 
 def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
