@@ -202,6 +202,7 @@ def make_demo_dataset(
                     series_description=f"Demo phantom, simulated {dose:g} dose",
                     patient={"PatientID": patient, "PatientName": f"Demo^{patient}"},
                     uid_seed=f"ctv2v-demo:{uid_key}:{patient}",
+                    slice_thickness=spacing[0],  # a phantom sampled on its grid: contiguous slices
                 )
                 files += [p.relative_to(out).as_posix() for p in paths]
                 dicom_folders[patient] = folder.relative_to(out).as_posix()

@@ -362,6 +362,15 @@ class CTVolume:
         return tuple(self.hu.shape)  # type: ignore[return-value]
 
     @property
+    def slice_thickness(self) -> float | None:
+        """SliceThickness of the series (mm), None when the header has none (NIfTI volumes)."""
+        value = self.reference.get("SliceThickness", None) if self.reference is not None else None
+        try:
+            return float(value) if value not in (None, "") else None
+        except (TypeError, ValueError):
+            return None
+
+    @property
     def hu_ijk(self) -> np.ndarray:
         """``hu`` with axes ``(i, j, k)`` = (cols, rows, slices), the NIfTI / MONAI order (a view)."""
         return self.hu.transpose(2, 1, 0)

@@ -111,12 +111,17 @@ def geometry_for_slice(
     spacing: Sequence[float],
     origin: Sequence[float],
     direction: np.ndarray,
+    slice_thickness: float | None = None,
 ) -> dict[str, Any]:
     """DICOM geometry attributes of slice ``index`` (0-based along ``direction[:, 2]``).
 
     Returns a mapping keyword -> value for ImagePositionPatient, ImageOrientationPatient,
     PixelSpacing ([row_mm, col_mm]), SliceThickness and SliceLocation (the position along the
     slice normal, so viewers sort and label consistently with our reader).
+
+    ``slice_thickness`` is the reconstructed slice's nominal thickness, which is not the spacing
+    between slices (overlapping reconstructions: 2.5 mm slices every 1.25 mm). ``None`` writes it
+    empty (Type 2: unknown) rather than passing the spacing off as the thickness.
     """
     direction = np.asarray(direction, float)
     slice_mm, row_mm, col_mm = (float(s) for s in spacing)
@@ -126,7 +131,7 @@ def geometry_for_slice(
         "ImagePositionPatient": [_ds(v) for v in position],
         "ImageOrientationPatient": [_ds(v) for v in (*direction[:, 0], *direction[:, 1])],
         "PixelSpacing": [_ds(row_mm), _ds(col_mm)],
-        "SliceThickness": _ds(slice_mm),
+        "SliceThickness": "" if slice_thickness is None else _ds(slice_thickness),
         "SliceLocation": _ds(float(position @ normal)),
     }
 
@@ -191,6 +196,7 @@ def write_ct_series(
     uid_seed: str | None = None,
     image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "AXIAL"),
     file_prefix: str | None = None,
+    slice_thickness: float | None = None,
 ) -> list[Path]:
     """Write ``hu`` (slices, rows, cols) in HU as a CT Image Storage series, one file per slice.
 
@@ -212,6 +218,8 @@ def write_ct_series(
         image_type: ImageType values.
         file_prefix: file names are ``{file_prefix}{instance:04d}.dcm``; default
             ``f"CT{series_number}_"``, so two series written into one folder do not collide.
+        slice_thickness: SliceThickness in mm (e.g. ``CTVolume.slice_thickness`` of the series
+            the volume came from); None leaves it empty, never the slice spacing.
 
     Returns:
         The written paths, in slice order (``k`` = 0, 1, ...). InstanceNumber is ``k + 1``.
@@ -263,7 +271,9 @@ def write_ct_series(
         ds.ContentDate = attrs["StudyDate"]
         ds.ContentTime = attrs["StudyTime"]
         ds.KVP = ""
-        for keyword, value in geometry_for_slice(k, spacing=spacing, origin=origin, direction=direction).items():
+        geometry = geometry_for_slice(k, spacing=spacing, origin=origin, direction=direction,
+                                      slice_thickness=slice_thickness)
+        for keyword, value in geometry.items():
             setattr(ds, keyword, value)
         set_hu_pixels(ds, hu[k])
         paths.append(save_dataset(ds, out_dir / f"{prefix}{k + 1:04d}.dcm"))

@@ -59,6 +59,7 @@ def make_series(tmp_path):
         hu = integer_hu() if hu is None else hu
         direction = np.eye(3) if direction is None else np.asarray(direction, float)
         kwargs.setdefault("series_description", "test series")
+        kwargs.setdefault("slice_thickness", spacing[0])  # contiguous slices, as most CT series
         out = tmp_path / folder
         files = write_ct_series(hu, out, spacing=spacing, origin=origin, direction=direction, **kwargs)
         return Series(hu, out, files, spacing, origin, direction)

@@ -93,3 +93,18 @@ def test_pieces_for_a_derived_writer(make_series):
     assert [float(v) for v in geometry["ImagePositionPatient"]] == [ORIGIN[0], ORIGIN[1], ORIGIN[2] + 3 * SPACING[0]]
     assert [float(v) for v in geometry["ImageOrientationPatient"]] == [1, 0, 0, 0, 1, 0]
     assert [float(v) for v in geometry["PixelSpacing"]] == [SPACING[1], SPACING[2]]
+
+
+def test_slice_thickness_is_written_as_given_not_as_the_spacing(tmp_path):
+    """An overlapping reconstruction (2.5 mm slices every 1.25 mm) keeps its thickness; without
+    one the attribute is empty (unknown), never the slice spacing."""
+    hu = np.zeros((3, 16, 16), np.float32)
+    spacing = (1.25, 0.7, 0.7)
+    write_ct_series(hu, tmp_path / "given", spacing=spacing, origin=ORIGIN, direction=np.eye(3),
+                    series_description="x", slice_thickness=2.5)
+    volume = read_series(tmp_path / "given")
+    assert volume.slice_thickness == 2.5 and volume.spacing[0] == pytest.approx(1.25)
+    write_ct_series(hu, tmp_path / "unknown", spacing=spacing, origin=ORIGIN, direction=np.eye(3),
+                    series_description="x")
+    assert read_series(tmp_path / "unknown").slice_thickness is None
+    assert pydicom.dcmread(sorted((tmp_path / "unknown").glob("*.dcm"))[0]).SliceThickness in ("", None)
