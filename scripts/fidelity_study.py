@@ -50,80 +50,68 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigParser
 
-CONFIGS = ["configs/train.yaml", "configs/demo.yaml"]
+# every variant starts from the spec: configs/demo.yaml's default is a fidelity variant, and
+# configs/spec_exact.yaml turns that off (no path, L1 + KL, epsilon prediction)
+CONFIGS = ["configs/train.yaml", "configs/demo.yaml", "configs/spec_exact.yaml"]
 SOFT = (-160.0, 240.0)
 FULL = (-1024.0, 3072.0)
 # config ids that change the VAE stage (variants agreeing on all of them share one VAE)
-VAE_KEYS = ("network", "vae_epochs", "vae_lr", "kl_weight", "adversarial_weight", "ssim_weight",
-            "gradient_weight", "frequency_weight", "recon_channel_weights", "fidelity_loss_weight", "fidelity_channel_weights", "seed", "train_patch_size")
+VAE_KEYS = ("network", "fidelity_channels", "vae_epochs", "vae_lr", "kl_weight", "reconstruction_loss",
+            "fidelity_loss_weight", "fidelity_loss", "adversarial_weight", "seed", "train_patch_size")
 DEMO_FIDELITY = [32, 64, 64]  # the demo VAE's widths [32, 64, 64, 64] at the three finest levels
+PATH = {"fidelity_channels": DEMO_FIDELITY}
+GRADIENT = {"reconstruction_loss#gradient": 1.0}
+DEMO = {**PATH, **GRADIENT, "fidelity_loss_weight": 4.0}  # the demo default ("fidelity_gradient_fw4")
 
-# name -> (config overrides, extra inference rows {row suffix: enhancer settings}, note)
-VARIANTS: dict[str, tuple[dict, dict, str]] = {
-    "spec": ({}, {"residual": {"residual": True}}, "the spec: L1 + KL, 4 latent channels"),
-    "ssim": ({"ssim_weight": 1.0}, {}, "L1 + SSIM"),
-    "gradient": ({"gradient_weight": 1.0}, {}, "L1 + gradient"),
-    "frequency": ({"frequency_weight": 1.0}, {}, "L1 + frequency"),
-    "kl_1e-4": ({"kl_weight": 1e-4}, {}, "KL weight 1e-4 (spec recipe 1e-6)"),
-    "adversarial": ({"adversarial_weight": 0.05}, {}, "L1 + KL + patch adversarial 0.05"),
-    "vae_x2": ({"vae_epochs": 20}, {}, "VAE pre-training 20 epochs (demo: 10)"),
-    "latent8": ({"network#latent_channels": 8}, {"residual": {"residual": True}}, "8 latent channels"),
-    "latent16": ({"network#latent_channels": 16}, {"residual": {"residual": True}}, "16 latent channels"),
+# name -> (override files of configs/studies/, config overrides, extra inference rows {row suffix:
+# enhancer settings}, note)
+VARIANTS: dict[str, tuple[tuple[str, ...], dict, dict, str]] = {
+    "spec": ((), {}, {"residual": {"residual": True}}, "the spec: L1 + KL, 4 latent channels"),
+    "ssim": (("ssim",), {}, {}, "L1 + SSIM"),
+    "gradient": ((), GRADIENT, {}, "L1 + gradient"),
+    "frequency": (("frequency",), {}, {}, "L1 + frequency"),
+    "kl_1e-4": ((), {"kl_weight": 1e-4}, {}, "KL weight 1e-4 (spec recipe 1e-6)"),
+    "adversarial": (("adversarial",), {}, {}, "L1 + KL + patch adversarial 0.05"),
+    "vae_x2": ((), {"vae_epochs": 20}, {}, "VAE pre-training 20 epochs (demo: 10)"),
+    "latent8": ((), {"network#latent_channels": 8}, {"residual": {"residual": True}}, "8 latent channels"),
+    "latent16": ((), {"network#latent_channels": 16}, {"residual": {"residual": True}}, "16 latent channels"),
     "fidelity": (
-        {"network#fidelity_channels": DEMO_FIDELITY},
+        (), PATH,
         {"w0": {"fidelity_weight": 0.0}, "w0.5": {"fidelity_weight": 0.5}, "w1.5": {"fidelity_weight": 1.5}},
         "fidelity path, widths " + str(DEMO_FIDELITY),
     ),
-    "fidelity_gradient": (
-        {"network#fidelity_channels": DEMO_FIDELITY, "gradient_weight": 1.0},
-        {"w0": {"fidelity_weight": 0.0}},
-        "fidelity path + gradient term",
-    ),
+    "fidelity_gradient": ((), {**PATH, **GRADIENT}, {"w0": {"fidelity_weight": 0.0}}, "fidelity path + gradient term"),
     "fidelity_gradient_ssim": (
-        {"network#fidelity_channels": DEMO_FIDELITY, "gradient_weight": 1.0, "ssim_weight": 1.0},
-        {"w0": {"fidelity_weight": 0.0}},
-        "fidelity path + gradient and SSIM terms",
+        ("ssim",), {**PATH, **GRADIENT}, {"w0": {"fidelity_weight": 0.0}}, "fidelity path + gradient and SSIM terms",
     ),
     "fidelity_gradient_fw4": (
-        {"network#fidelity_channels": DEMO_FIDELITY, "gradient_weight": 1.0, "fidelity_loss_weight": 4.0},
-        {"w0": {"fidelity_weight": 0.0}},
-        "fidelity path + gradient term, path term weighted 4",
+        (), DEMO, {"w0": {"fidelity_weight": 0.0}}, "fidelity path + gradient term, path term weighted 4 (the demo default)",
     ),
     "fidelity_gradient_fw4_hu": (
-        {"network#fidelity_channels": DEMO_FIDELITY, "gradient_weight": 1.0, "fidelity_loss_weight": 4.0,
-         "recon_channel_weights": "$[hi - lo for lo, hi in @hu_windows]"},
-        {"w0": {"fidelity_weight": 0.0}},
+        ("hu_channel_weights",), DEMO, {"w0": {"fidelity_weight": 0.0}},
         "the demo default, window channels weighted by their width (a HU error costs alike)",
     ),
     "fidelity_gradient_fw4_sqrthu": (
-        {"network#fidelity_channels": DEMO_FIDELITY, "gradient_weight": 1.0, "fidelity_loss_weight": 4.0,
-         "recon_channel_weights": "$[(hi - lo) ** 0.5 for lo, hi in @hu_windows]"},
-        {"w0": {"fidelity_weight": 0.0}},
+        ("sqrt_hu_channel_weights",), DEMO, {"w0": {"fidelity_weight": 0.0}},
         "the demo default, window channels weighted by the square root of their width",
     ),
     "fidelity_gradient_fw4_pathhu": (
-        {"network#fidelity_channels": DEMO_FIDELITY, "gradient_weight": 1.0, "fidelity_loss_weight": 4.0,
-         "fidelity_channel_weights": "$[hi - lo for lo, hi in @hu_windows]"},
-        {"w0": {"fidelity_weight": 0.0}},
+        ("path_hu_channel_weights",), DEMO, {"w0": {"fidelity_weight": 0.0}},
         "the demo default, the path's term alone weighted by window width",
     ),
     "fidelity_gradient_fw4_pathsqrthu": (
-        {"network#fidelity_channels": DEMO_FIDELITY, "gradient_weight": 1.0, "fidelity_loss_weight": 4.0,
-         "fidelity_channel_weights": "$[(hi - lo) ** 0.5 for lo, hi in @hu_windows]"},
-        {"w0": {"fidelity_weight": 0.0}},
+        ("path_sqrt_hu_channel_weights",), DEMO, {"w0": {"fidelity_weight": 0.0}},
         "the demo default, the path's term alone weighted by sqrt(window width)",
     ),
-    "fidelity_ssim": (
-        {"network#fidelity_channels": DEMO_FIDELITY, "ssim_weight": 1.0},
-        {"w0": {"fidelity_weight": 0.0}},
-        "fidelity path + SSIM term",
-    ),
+    "fidelity_ssim": (("ssim",), PATH, {"w0": {"fidelity_weight": 0.0}}, "fidelity path + SSIM term"),
     "fidelity_latent8": (
-        {"network#fidelity_channels": DEMO_FIDELITY, "network#latent_channels": 8},
-        {"w0": {"fidelity_weight": 0.0}},
-        "fidelity path, 8 latent channels",
+        (), {**PATH, "network#latent_channels": 8}, {"w0": {"fidelity_weight": 0.0}}, "fidelity path, 8 latent channels",
     ),
 }
+
+
+def study_files(studies) -> list[str]:
+    return [f"configs/studies/{name}.yaml" for name in studies]
 
 
 def parser_for(configs: list[str], overrides: dict) -> ConfigParser:
@@ -135,9 +123,8 @@ def parser_for(configs: list[str], overrides: dict) -> ConfigParser:
 
 
 def vae_key(parser: ConfigParser) -> str:
-    settings = {k: parser.get_parsed_content(k) for k in VAE_KEYS}
-    settings["network"] = {k: v for k, v in settings["network"].items() if v is not None}
-    if settings["network"].get("fidelity_channels"):
+    settings = {k: parser.get(k, None) for k in VAE_KEYS}  # the declarations, not the objects
+    if settings["fidelity_channels"]:
         settings["fidelity_gate"] = "zero-conv+output-blend"  # earlier: scalar gates, no output skip
     text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
@@ -216,14 +203,13 @@ def train_vae(configs, overrides, out: Path) -> tuple[str, dict]:
     return str(stage.final_path), info
 
 
-# every variant starts from the spec: configs/demo.yaml's default is a fidelity variant, and its
-# `spec_exact: true` turns that off (no path, no extra loss terms); the path's term at train.yaml's
-# weight 1 (demo.yaml's default variant weights it 4: "fidelity_gradient_fw4")
-BASE = {"spec_exact": True, "fidelity_loss_weight": 1.0}
+# the path's term at train.yaml's weight 1 unless a variant says otherwise
+BASE = {"fidelity_loss_weight": 1.0}
 
 
 def run_variant(name: str, configs, out: Path, vae_only: bool, redcnn_rows: dict) -> dict:
-    overrides, extra_rows, note = VARIANTS[name]
+    studies, overrides, extra_rows, note = VARIANTS[name]
+    configs = list(configs) + study_files(studies)
     base = {**BASE, **overrides, "val_interval": 10**6, "num_workers": 0}
     vae_path, vae_info = train_vae(configs, base, out)
 
@@ -234,7 +220,7 @@ def run_variant(name: str, configs, out: Path, vae_only: bool, redcnn_rows: dict
                                   "pretrained_vae": vae_path})
     parser.get_parsed_content("vae_stage").run()
     trainer = parser.get_parsed_content("diffusion_trainer")
-    result = {"variant": name, "note": note, "overrides": overrides, "vae": vae_info}
+    result = {"variant": name, "note": note, "studies": list(studies), "overrides": overrides, "vae": vae_info}
     vae, unet = trainer.vae, trainer.unet
     result["params"] = {"vae_encoder": count(vae.encoder), "vae_decoder": count(vae.decoder),
                         "fidelity_path": count(getattr(vae, "fidelity", None)), "unet": count(unet)}
@@ -294,7 +280,9 @@ def measure_costs(names: list[str], configs, repeats: int = 5) -> dict[str, dict
 
     setups = {}
     for name in names:
-        parser = parser_for(configs, {**BASE, **VARIANTS[name][0], "output_dir": "/tmp/fidelity_costs", "num_workers": 0})
+        studies, overrides = VARIANTS[name][:2]
+        parser = parser_for(list(configs) + study_files(studies),
+                            {**BASE, **overrides, "output_dir": "/tmp/fidelity_costs", "num_workers": 0})
         stage = parser.get_parsed_content("vae_stage")
         trainer = parser.get_parsed_content("diffusion_trainer")
         trainer.training_state.scale_factor = 1.0
@@ -443,7 +431,8 @@ def main() -> None:
             if path.is_file() and not opts.force:
                 continue
             if extra:
-                VARIANTS[name] = ({**extra, **VARIANTS[name][0]}, *VARIANTS[name][1:])
+                studies, overrides, *rest = VARIANTS[name]
+                VARIANTS[name] = (studies, {**extra, **overrides}, *rest)
             start = time.perf_counter()
             result = run_variant(name, opts.config, out, opts.vae_only, cnn)
             result["total_seconds"] = time.perf_counter() - start

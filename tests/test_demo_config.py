@@ -1,4 +1,5 @@
-"""The demo recipe's default (fidelity path + gradient term) and its one-setting way back to the spec."""
+"""The demo recipe's default (fidelity path + gradient term) and configs/spec_exact.yaml, the one
+file that turns any recipe into the specification exactly."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 from monai.bundle import ConfigParser
 
+from bundle.engines import ReconstructionLoss
 from bundle.networks import VideoVAE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -17,25 +19,28 @@ def _run_from_repo_root(monkeypatch):
     monkeypatch.chdir(REPO)  # configs refer to configs/common.yaml relative to the bundle root
 
 
-def demo_parser(**overrides) -> ConfigParser:
+def parser_for(*configs: str) -> ConfigParser:
     parser = ConfigParser()
-    parser.read_config(["configs/train.yaml", "configs/demo.yaml"])
-    parser.update(overrides)
+    parser.read_config([f"configs/{name}.yaml" for name in configs])
     return parser
 
 
+def loss_terms(loss: ReconstructionLoss) -> dict:
+    return {k: v for k, v in loss.weights.items() if v} | {"channel_weights": loss.channel_weights}
+
+
 def test_demo_default_is_the_measured_winner():
-    parser = demo_parser()
+    parser = parser_for("train", "demo")
     vae = parser.get_parsed_content("autoencoder_def")
     assert vae.fidelity is not None and vae.config["fidelity_channels"] == [32, 64, 64]
-    assert parser.get_parsed_content("gradient_weight") == 1.0
+    assert loss_terms(parser.get_parsed_content("reconstruction_loss")) == {"l1": 1.0, "gradient": 1.0, "channel_weights": None}
     assert parser.get_parsed_content("fidelity_loss_weight") == 4.0
+    assert parser.get_parsed_content("prediction_type") == "v_prediction"
 
 
-# `--spec_exact True` reaches the config as a bool, `--spec_exact true` as a string (python-fire)
-@pytest.mark.parametrize("flag", [True, "true", "True"])
-def test_spec_exact_is_one_setting_away(flag):
-    parser = demo_parser(spec_exact=flag)
+@pytest.mark.parametrize("recipe", [("train",), ("train", "demo")])
+def test_spec_exact_is_one_file_away(recipe):
+    parser = parser_for(*recipe, "spec_exact")
     vae = parser.get_parsed_content("autoencoder_def")
     network = parser.get_parsed_content("network")
     spec_vae = VideoVAE(
@@ -45,12 +50,18 @@ def test_spec_exact_is_one_setting_away(flag):
     )
     assert vae.fidelity is None and "fidelity_channels" not in vae.config
     assert {k: v.shape for k, v in vae.state_dict().items()} == {k: v.shape for k, v in spec_vae.state_dict().items()}
-    for term in ("ssim_weight", "gradient_weight", "frequency_weight", "adversarial_weight"):
-        assert parser.get_parsed_content(term) == 0.0, term
-    assert parser.get_parsed_content("residual_output") is False
+    assert loss_terms(parser.get_parsed_content("reconstruction_loss")) == {"l1": 1.0, "channel_weights": None}
+    # the spec's diffusion loss: MSE on epsilon
+    schedule = parser.get_parsed_content("schedule")
+    assert schedule.prediction_type == "epsilon"
+    stage = parser.get_parsed_content("vae_stage")
+    assert stage.discriminator is None
+    assert not parser.get_parsed_content("enhancer_settings").get("residual", False)
 
 
-@pytest.mark.parametrize("flag", [False, "false", "False"])
-def test_spec_exact_false_keeps_the_default(flag):
-    parser = demo_parser(spec_exact=flag)
-    assert parser.get_parsed_content("network#fidelity_channels") == [32, 64, 64]
+def test_full_size_recipe_is_the_spec_but_for_the_prediction_type():
+    """train.yaml alone: the spec's networks and losses; v-prediction is its one measured change."""
+    spec, recipe = parser_for("train", "spec_exact"), parser_for("train")
+    assert recipe.get_parsed_content("network") == spec.get_parsed_content("network")
+    assert loss_terms(recipe.get_parsed_content("reconstruction_loss")) == loss_terms(spec.get_parsed_content("reconstruction_loss"))
+    assert recipe.get_parsed_content("prediction_type") == "v_prediction"

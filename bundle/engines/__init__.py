@@ -2,6 +2,7 @@
 
 from bundle.engines.diffusion_trainer import LatentDiffusionTrainer
 from bundle.engines.handlers import GroupLRSchedule, TrainingState, make_ema
+from bundle.engines.losses import ReconstructionLoss
 from bundle.engines.reproducible import ResumableSampler, SeededDataset
 from bundle.engines.vae_stage import VAEStage
 from bundle.engines.validator import EnhancementValidator, TensorBoardPanels, ValidationHandler
@@ -10,6 +11,7 @@ __all__ = [
     "EnhancementValidator",
     "GroupLRSchedule",
     "LatentDiffusionTrainer",
+    "ReconstructionLoss",
     "ResumableSampler",
     "SeededDataset",
     "TensorBoardPanels",

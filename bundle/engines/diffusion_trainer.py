@@ -45,13 +45,12 @@ class LatentDiffusionTrainer(RecipeTrainer):
         vae_stage: provides ``scale_factor`` on a fresh start (resumes read it from the checkpoint).
         phase1_epochs: epochs with the VAE frozen.
         layer_lr_multipliers: ``{"encoder", "decoder", "unet"}`` multipliers of the base lr.
+        reconstruction_loss: the :class:`~bundle.engines.losses.ReconstructionLoss` of the VAE's
+            outputs, the object VAE pre-training uses (None: L1 alone, the spec's).
         recon_weight, kl_weight: weights of the VAE terms in phase 2.
-        ssim_weight, gradient_weight, frequency_weight: extra terms of the phase-2 reconstruction
-            loss (:class:`~bundle.engines.losses.ReconstructionLoss`, as in VAE pre-training).
-        recon_channel_weights: per-window-channel weights of those terms (None: all alike).
-        fidelity_channel_weights: the same for the fidelity path's term only (None: as above).
         fidelity_loss_weight: weight of the fidelity path's reconstruction term in phase 2 (a VAE
             with ``.fidelity``), relative to ``recon_weight``.
+        fidelity_loss: the loss of that term (None: ``reconstruction_loss``).
         ema_decay: decay of the U-Net EMA used for validation and export.
         enhancer_settings: ``CTEnhancer`` settings for validation and export, e.g. the tiling
             geometry of the training slab (``latent_window``, ``image_tile``, overlaps).
@@ -72,21 +71,14 @@ class LatentDiffusionTrainer(RecipeTrainer):
         kl_weight: float = 1e-6,
         ema_decay: float = 0.999,
         enhancer_settings: dict | None = None,
-        ssim_weight: float = 0.0,
-        gradient_weight: float = 0.0,
-        frequency_weight: float = 0.0,
-        recon_channel_weights=None,
+        reconstruction_loss: ReconstructionLoss | None = None,
         fidelity_loss_weight: float = 1.0,
-        fidelity_channel_weights=None,
+        fidelity_loss: ReconstructionLoss | None = None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.reconstruction_loss = ReconstructionLoss(
-            l1=1.0, ssim=ssim_weight, gradient=gradient_weight, frequency=frequency_weight,
-            channel_weights=recon_channel_weights,
-        )
-        # the path's term: the same terms, its own channel weights if given
-        self.fidelity_loss = self.reconstruction_loss.with_channel_weights(fidelity_channel_weights)
+        self.reconstruction_loss = reconstruction_loss or ReconstructionLoss()
+        self.fidelity_loss = fidelity_loss or self.reconstruction_loss
         self.fidelity_loss_weight = fidelity_loss_weight
         self.vae = vae
         self.unet = unet

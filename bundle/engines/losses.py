@@ -52,12 +52,6 @@ class ReconstructionLoss:
             raise ValueError("at least one reconstruction loss weight must be > 0.")
         self._ssim = SSIMLoss(spatial_dims=2, data_range=2.0, win_size=7, kernel_sigma=1.5) if ssim > 0 else None
 
-    def with_channel_weights(self, channel_weights) -> ReconstructionLoss:
-        """The same terms with other channel weights; ``None`` returns this loss itself."""
-        if channel_weights is None:
-            return self
-        return ReconstructionLoss(**self.weights, channel_weights=channel_weights)
-
     def __call__(self, recon: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         # float32 outside autocast: SSIM's local variances (E[x^2] - E[x]^2) in bfloat16 cancel to
         # negative values and the loss to -inf (measured on the demo)
@@ -81,7 +75,6 @@ class ReconstructionLoss:
             values["frequency"] = self._mean(diff.abs())
         total = sum(self.weights[k] * v for k, v in values.items())
         return total, {k: float(v.detach()) for k, v in values.items()}
-
 
     def _mean(self, error: torch.Tensor) -> torch.Tensor:
         """Mean of ``(B, C, ...)`` errors; with channel weights, their weighted mean over channels."""

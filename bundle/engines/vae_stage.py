@@ -2,7 +2,8 @@
 
 Loss on source and target slabs together: L1 reconstruction + ``kl_weight`` * KL, and optionally
 an adversarial patch term (MONAI's ``PatchDiscriminator`` with a least-squares loss) switched on
-by ``adversarial_weight > 0``, SSIM / gradient / frequency terms (``bundle.engines.losses``) and,
+by ``adversarial_weight > 0``, the SSIM / gradient / frequency terms of the declared
+``reconstruction_loss`` (``bundle.engines.losses``) and,
 for a VAE with a fidelity path, the path's term: the TARGET reconstructed from the target's
 latent plus the source's features. No loss needs downloaded weights.
 
@@ -68,14 +69,14 @@ class VAEStage(RecipeTrainer):
         pretrained: path of trained VAE weights (a ``vae_final.pt`` or a plain state dict):
             the stage then only loads them (and computes the scale factor if missing).
         scale_factor_batches: training batches used to estimate the scale factor.
-        ssim_weight, gradient_weight, frequency_weight: extra reconstruction terms
-            (:class:`~bundle.engines.losses.ReconstructionLoss`); 0 is the spec's L1 alone.
-        recon_channel_weights: per-window-channel weights of those terms (None: all alike).
-        fidelity_channel_weights: the same for the fidelity path's term only (None: as above).
+        reconstruction_loss: the :class:`~bundle.engines.losses.ReconstructionLoss` of both
+            slabs' reconstructions (None: L1 alone, the spec's); the diffusion trainer's phase 2
+            takes the same object.
         fidelity_loss_weight: weight of the fidelity path's term (a VAE with ``.fidelity``):
-            the target reconstructed from its sampled latent and the source's features, with
-            the same reconstruction loss. The plain reconstructions of both slabs stay in the
-            loss, so the decoder without the path (weight 0) remains a working autoencoder.
+            the target reconstructed from its sampled latent and the source's features. The plain
+            reconstructions of both slabs stay in the loss, so the decoder without the path
+            (weight 0) remains a working autoencoder.
+        fidelity_loss: the loss of that term (None: ``reconstruction_loss``).
     """
 
     checkpoint_prefix = "vae"
@@ -90,22 +91,15 @@ class VAEStage(RecipeTrainer):
         discriminator_optimizer=None,
         pretrained: str | None = None,
         scale_factor_batches: int = 8,
-        ssim_weight: float = 0.0,
-        gradient_weight: float = 0.0,
-        frequency_weight: float = 0.0,
-        recon_channel_weights=None,
+        reconstruction_loss: ReconstructionLoss | None = None,
         fidelity_loss_weight: float = 1.0,
-        fidelity_channel_weights=None,
+        fidelity_loss: ReconstructionLoss | None = None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.vae = vae
-        self.reconstruction_loss = ReconstructionLoss(
-            l1=1.0, ssim=ssim_weight, gradient=gradient_weight, frequency=frequency_weight,
-            channel_weights=recon_channel_weights,
-        )
-        # the path's term: the same terms, its own channel weights if given
-        self.fidelity_loss = self.reconstruction_loss.with_channel_weights(fidelity_channel_weights)
+        self.reconstruction_loss = reconstruction_loss or ReconstructionLoss()
+        self.fidelity_loss = fidelity_loss or self.reconstruction_loss
         self.fidelity_loss_weight = fidelity_loss_weight
         self.kl_weight = kl_weight
         self.adversarial_weight = adversarial_weight

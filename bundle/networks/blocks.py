@@ -18,6 +18,8 @@ Helpers: :func:`timestep_embedding`, :func:`checkpointed`, :func:`zero_module`,
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 from collections.abc import Sequence
 
@@ -82,6 +84,14 @@ def checkpointed(module: nn.Module, *args: torch.Tensor, enabled: bool) -> torch
     return module(*args)
 
 
+def autocast_off(device: torch.device):
+    """A context in which autocast is off on ``device`` (nothing to do where it has none: meta)."""
+    try:
+        return torch.autocast(device_type=device.type, enabled=False)
+    except RuntimeError:
+        return contextlib.nullcontext()
+
+
 def in_float32(module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
     """``module(*inputs)`` in float32, also under autocast.
 
@@ -89,7 +99,7 @@ def in_float32(module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
     a channel spanning 4096 HU in [-1, 1] would move in steps of about 8 HU. The cost is small
     (the last convolution of a network); the rest of the network keeps the autocast precision.
     """
-    with torch.autocast(device_type=inputs[0].device.type, enabled=False):
+    with autocast_off(inputs[0].device):
         return module(*(x.float() for x in inputs))
 
 

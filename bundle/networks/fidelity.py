@@ -48,7 +48,15 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from bundle.networks.blocks import NORM_EPS, Downsample3D, ResBlock3D, check_divisible, checkpointed, zero_module
+from bundle.networks.blocks import (
+    NORM_EPS,
+    Downsample3D,
+    ResBlock3D,
+    autocast_off,
+    check_divisible,
+    checkpointed,
+    zero_module,
+)
 
 __all__ = ["FidelityPath", "GatedSkip", "OutputSkip", "SourcePyramid"]
 
@@ -150,7 +158,7 @@ class OutputSkip(nn.Module):
 
     def forward(self, y: torch.Tensor, source: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
         # the decoder's output in HU-window units: float32 even under autocast (blocks.in_float32)
-        with torch.autocast(device_type=y.device.type, enabled=False):
+        with autocast_off(y.device):
             y, source = y.float(), source.float()
             blend, correction = self.gate(self.body(torch.cat([y, source], dim=1))).chunk(2, dim=1)
             return y + weight * (blend * (source - y) + correction)

@@ -16,12 +16,12 @@ TINY_NETWORK = yaml.safe_load((Path(__file__).resolve().parents[1] / "tiny.yaml"
 # The fidelity settings (docs/fidelity.md) on top of the tiny recipe: a fidelity path at the
 # three finest levels, every extra reconstruction term, the residual output.
 FIDELITY_OVERRIDES = {
-    "network#fidelity_channels": [8, 16, 16],
-    "ssim_weight": 0.5,
-    "gradient_weight": 0.5,
-    "frequency_weight": 0.5,
-    "residual_output": True,
-    "fidelity_weight": 0.8,
+    "fidelity_channels": [8, 16, 16],
+    "reconstruction_loss#ssim": 0.5,
+    "reconstruction_loss#gradient": 0.5,
+    "reconstruction_loss#frequency": 0.5,
+    "enhancer_settings#residual": True,
+    "enhancer_settings#fidelity_weight": 0.8,
 }
 
 
@@ -66,9 +66,10 @@ def make_parser(monkeypatch):
 
     monkeypatch.chdir(REPO)
 
-    def make(overrides: dict) -> ConfigParser:
+    def make(overrides: dict, studies: tuple[str, ...] = ()) -> ConfigParser:
+        """``studies``: override files of configs/studies/ (names without .yaml) after train.yaml."""
         parser = ConfigParser()
-        parser.read_config(TRAIN_CONFIG)
+        parser.read_config([TRAIN_CONFIG] + [str(REPO / "configs" / "studies" / f"{name}.yaml") for name in studies])
         parser.update(overrides)
         parser.get_parsed_content("training#0")  # monai.utils.set_determinism(seed=@seed)
         return parser

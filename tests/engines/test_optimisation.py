@@ -140,9 +140,8 @@ def test_lr_schedule_reads_accumulation_from_the_engine():
 def test_discriminator_steps_with_the_accumulation_window(make_parser, tiny_overrides):
     """The patch discriminator's loss accumulates like the VAE's and steps at the window's end
     (it used to step, unscaled, at every iteration)."""
-    overrides = {**tiny_overrides, "adversarial_weight": 0.1, "grad_accum_steps": 2, "samples_per_volume": 2,
-                 "save_every": 2}
-    stage = make_parser(overrides).get_parsed_content("vae_stage")
+    overrides = {**tiny_overrides, "grad_accum_steps": 2, "samples_per_volume": 2, "save_every": 2}
+    stage = make_parser(overrides, studies=("adversarial",)).get_parsed_content("vae_stage")
     steps = {"vae": 0, "discriminator": 0}
     stage.optimizer.register_step_post_hook(lambda *_: steps.__setitem__("vae", steps["vae"] + 1))
     stage.discriminator_optimizer.register_step_post_hook(

@@ -145,7 +145,7 @@ def test_phase2_keeps_latent_spread_and_reconstruction(make_parser, tiny_overrid
 
 def test_vae_stage_with_adversarial_term_runs_on_slabs(make_parser, tiny_overrides):
     """The patch discriminator must fit an 8-slice slab (MONAI's default kernel 4 did not)."""
-    parser = make_parser({**tiny_overrides, "adversarial_weight": 0.1})
+    parser = make_parser({**tiny_overrides, "adversarial_weight": 0.1}, studies=("adversarial",))
     stage = parser.get_parsed_content("vae_stage")
     stage.run()
     assert stage.final_path.is_file()
@@ -177,13 +177,13 @@ def test_validation_shows_the_supervised_cnn_row_when_trained(make_parser, tiny_
     assert metrics["redcnn/[-160,240]/psnr"] == pytest.approx(expected["psnr"], rel=1e-5)
 
 
-def test_fidelity_channel_weights_change_only_the_paths_term(make_parser, tiny_overrides):
-    """fidelity_channel_weights weigh the path's reconstruction term alone: the VAE's own terms
-    (the spec's L1) are untouched."""
-    overrides = {**tiny_overrides, "network#fidelity_channels": [8, 16, 16]}
+def test_path_channel_weights_change_only_the_paths_term(make_parser, tiny_overrides):
+    """configs/studies/path_hu_channel_weights.yaml weighs the path's reconstruction term alone:
+    the VAE's own terms (the spec's L1) are untouched."""
+    overrides = {**tiny_overrides, "fidelity_channels": [8, 16, 16]}
     results = []
-    for weights in (None, [4096.0, 400.0, 1200.0]):
-        parser = make_parser({**overrides, "fidelity_channel_weights": weights})
+    for studies in ((), ("path_hu_channel_weights",)):
+        parser = make_parser(overrides, studies=studies)
         stage = parser.get_parsed_content("vae_stage")
         with torch.no_grad():  # open the zero-initialised gates so that the path matters
             for skip in stage.vae.fidelity.skips:

@@ -20,6 +20,7 @@ TINY_NETWORK = yaml.safe_load((Path(__file__).resolve().parents[1] / "tiny.yaml"
 # tiles for 64 x 64 volumes (the defaults are the spec's 128 x 128 slabs; padding to them is slower)
 TINY = {
     "network": TINY_NETWORK,
+    "fidelity_channels": "$None",  # (an expression: monai.bundle.run drops None arguments) configs/demo.yaml sets the demo's path; the tiny model has none
     "latent_window": [8, 8, 8],
     "latent_overlap": [4, 4, 4],
     "image_tile": [8, 64, 64],
