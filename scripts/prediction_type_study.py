@@ -69,7 +69,7 @@ def main() -> None:
         results[kind] = {"seconds": seconds, "loss": trainer.state.output["loss_diffusion"], **validator.state.metrics}
 
     windows = sorted({k.split("/")[1] for k in results[TYPES[0]] if k.count("/") == 2})
-    print(f"\n| prediction type | final diffusion loss | train s | " + " | ".join(f"{r} PSNR {w}" for w in windows for r in ROWS) + " |")
+    print("\n| prediction type | final diffusion loss | train s | " + " | ".join(f"{r} PSNR {w}" for w in windows for r in ROWS) + " |")
     print("|---" * (3 + len(windows) * len(ROWS)) + "|")
     for kind, r in results.items():
         cells = " | ".join(f"{r[f'{row}/{w}/psnr']:.2f}" for w in windows for row in ROWS)

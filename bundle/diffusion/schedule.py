@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from monai.networks.schedulers import NoiseSchedules
 
+from bundle.utils.plain import plain
+
 __all__ = ["DiffusionSchedule", "PREDICTION_TYPES"]
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -152,7 +154,7 @@ class DiffusionSchedule:
             "num_train_timesteps": self.num_train_timesteps,
             "schedule": self.schedule,
             "prediction_type": self.prediction_type,
-            "schedule_args": {k: _plain(v) for k, v in self.schedule_args.items()},
+            "schedule_args": {k: plain(v) for k, v in self.schedule_args.items()},
         }
 
     @classmethod
@@ -188,15 +190,3 @@ class DiffusionSchedule:
         args = ", ".join(f"{k}={v!r}" for k, v in self.to_config().items())
         return f"{type(self).__name__}({args})"
 
-
-def _plain(value: Any) -> Any:
-    """Tensors/numpy scalars -> python numbers, recursively for lists and dicts."""
-    if torch.is_tensor(value):
-        return value.tolist()
-    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
-        return value.item()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return value

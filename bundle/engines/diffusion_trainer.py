@@ -27,7 +27,6 @@ from bundle.engines.base import RecipeTrainer
 from bundle.engines.handlers import TrainingState, make_ema
 from bundle.engines.losses import ReconstructionLoss
 from bundle.engines.reproducible import iteration_generator
-from bundle.engines.vae_stage import sample_posterior
 from bundle.networks import kl_divergence
 
 logger = logging.getLogger(__name__)
@@ -154,7 +153,7 @@ class LatentDiffusionTrainer(RecipeTrainer):
             mean, logvar = self.vae.encode_moments(torch.cat([source, target]))
         mean_source, mean_target = mean.chunk(2)
         _, logvar_target = logvar.chunk(2)
-        z_target = sample_posterior(mean_target, logvar_target, generator)
+        z_target = self.vae.sample(mean_target, logvar_target, generator)
         z0 = z_target * scale
         condition = mean_source * scale
 

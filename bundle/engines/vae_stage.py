@@ -28,12 +28,6 @@ from bundle.utils.io import atomic_torch_save
 logger = logging.getLogger(__name__)
 
 
-def sample_posterior(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """mean + std * eps with a caller-owned generator (reproducible on resume)."""
-    eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-    return mean + torch.exp(0.5 * logvar) * eps
-
-
 @torch.no_grad()
 def estimate_scale_factor(vae, data_loader, device, max_batches: int = 8, seed: int = 0) -> float:
     """1 / std of posterior samples of source and target slabs over a few training batches.
@@ -49,7 +43,7 @@ def estimate_scale_factor(vae, data_loader, device, max_batches: int = 8, seed: 
         if i >= max_batches:
             break
         mean, logvar = vae.encode_moments(torch.cat([batch["source"], batch["target"]]).to(device))
-        latents.append(sample_posterior(mean, logvar, generator).float().flatten().cpu())
+        latents.append(vae.sample(mean, logvar, generator).float().flatten().cpu())
     vae.train(vae_was_training)
     if not latents:
         raise ValueError("cannot estimate the latent scale factor: the training loader is empty.")
@@ -120,7 +114,7 @@ class VAEStage(RecipeTrainer):
         x = torch.cat([batch["source"], batch["target"]]).to(device)
         generator = iteration_generator(self.seed, self.state.iteration, device)
         mean, logvar = self.vae.encode_moments(x)
-        z = sample_posterior(mean, logvar, generator)
+        z = self.vae.sample(mean, logvar, generator)
         recon = self.vae.decode(z)
         loss_recon, terms = self.reconstruction_loss(recon, x)
         kl = kl_divergence(mean.float(), logvar.float())

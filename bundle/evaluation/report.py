@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from bundle.utils.io import atomic_path, atomic_write_json, atomic_write_text
+from bundle.utils.plain import plain
 
 __all__ = ["save_panel", "save_steps_plot", "write_report", "safe_name"]
 
@@ -189,8 +190,8 @@ def write_report(output_dir: Path, results: dict[str, Any]) -> None:
     """``report.md``, ``metrics.json`` and ``evaluation.json`` in ``output_dir``."""
     output_dir = Path(output_dir)
     metrics = {name: row["metrics"] for name, row in results["methods"].items() if row["status"] == "ok"}
-    atomic_write_json(output_dir / "metrics.json", _plain(metrics))
-    atomic_write_json(output_dir / "evaluation.json", _plain(results))
+    atomic_write_json(output_dir / "metrics.json", plain(metrics))
+    atomic_write_json(output_dir / "evaluation.json", plain(results))
 
     settings = results["settings"]
     volumes = results["test_volumes"]
@@ -244,7 +245,7 @@ def write_report(output_dir: Path, results: dict[str, Any]) -> None:
         tuning_seconds = _seconds(row["tuning_seconds"]) if "tuning_seconds" in row else ""
         lines.append(f"| {name} | {row['status']} | {_settings_text(row.get('settings', {}))} | {tuned} | {tuning_seconds} |")
     run_settings = {k: v for k, v in settings.items() if k not in ("command",)}
-    lines += ["", "## Settings", "", "```json", json.dumps(_plain(run_settings), indent=2), "```", ""]
+    lines += ["", "## Settings", "", "```json", json.dumps(plain(run_settings), indent=2), "```", ""]
     lines += ["## Quality vs sampling steps", "", f"![PSNR against steps]({results['plot']})", ""]
     lines += ["## Panels", ""]
     for volume, panel in zip(volumes, results["panels"]):
@@ -252,17 +253,3 @@ def write_report(output_dir: Path, results: dict[str, Any]) -> None:
                   f"![{volume['patient']}]({panel})", ""]
     atomic_write_text(output_dir / "report.md", "\n".join(line for line in lines if line is not None) + "\n")
 
-
-def _plain(value):
-    """JSON-safe: tuples to lists, numpy/torch scalars to float, NaN to None, paths to str."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (bool, int, str)) or value is None:
-        return value
-    if isinstance(value, float):
-        return None if math.isnan(value) else value
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-        return _plain(value.item())
-    return str(value)

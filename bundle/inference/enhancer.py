@@ -47,6 +47,7 @@ from bundle.diffusion import DDIMSampler, DiffusionSchedule
 from bundle.diffusion.tiling import TiledDenoiser, tiled_apply
 from bundle.networks import ConditionalUNet3D, VideoVAE
 from bundle.utils.io import atomic_torch_save
+from bundle.utils.plain import plain
 from bundle.utils.precision import autocast, resolve_precision
 
 FORMAT = "ctv2v-enhancer"
@@ -152,7 +153,7 @@ class CTEnhancer(nn.Module):
             raise ValueError(f"not a {FORMAT} state (format {state.get('format')!r}).")
         mine = self.get_extra_state()
         for key in ("autoencoder", "unet", "hu_windows"):
-            if _plain(state[key]) != _plain(mine[key]):
+            if plain(state[key]) != plain(mine[key]):
                 raise ValueError(
                     f"the model file's {key} settings {state[key]} differ from this network's {mine[key]}: "
                     "build the network from the file (CTEnhancer.from_file) or fix the config."
@@ -378,11 +379,3 @@ def unfold_in_plane(x: torch.Tensor, factor: int) -> torch.Tensor:
     x = x.reshape(b, c, factor, factor, s, h, w)
     return x.permute(0, 1, 4, 5, 2, 6, 3).reshape(b, c, s, h * factor, w * factor)
 
-
-def _plain(value):
-    """Lists and tuples compare equal (config files give lists, code gives tuples)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
