@@ -16,6 +16,18 @@ axis' length: pad with :func:`pad_to_min` first if the network needs the full wi
 
 Memory: the output accumulator and the normaliser are allocated once; at most
 ``window_batch_size`` windows exist at a time.
+
+Why not ``monai.inferers.sliding_window_inference`` (MONAI 1.6.1)? It can carry the condition
+(its ``condition`` keyword is cropped like the input) and, given these blend weights as
+``roi_weight_map``, it reproduces :class:`TiledDenoiser` exactly wherever the two place their
+windows alike (measured: max |difference| 0.0 on 32 x 16 x 16 and 36 x 24 x 40 latents). It
+places windows differently, though: a fixed stride with the last window moved to the end, where
+these windows are spread evenly, and on a 34 x 20 x 44 latent the outputs of a random U-Net then
+differed by up to 5.5 (mean 0.37, output std 0.68). Its windows are also not aligned to the VAE's
+in-plane factor for the encoder (``scale`` below), and it rebuilds its normaliser on every call
+where a 50-step sampler reuses one (:class:`TiledDenoiser`). Speed was alike (1.67 vs 1.85 s per
+call on that latent). So this module stays, and keeps one placement rule for encode, U-Net and
+decode.
 """
 
 from __future__ import annotations
