@@ -1,4 +1,4 @@
-"""Physics-based low-dose CT simulation, one axial slice at a time (see notes/ldct.md).
+"""Physics-based low-dose CT simulation, one axial slice at a time.
 
 Pipeline per slice, for both members of a pair (only the photon flux differs):
 

@@ -9,7 +9,7 @@ window and scaled to [-1, 1]:
 * ``(-1024, 3072)``: the full CT range (12-bit), the only channel that is never saturated by
   anatomy; it carries bone, metal and air.
 * ``(-160, 240)``: soft tissue (level 40, width 400), the window the literature reports
-  (see ``../shared/notes/ldct.md``): liver, muscle, vessels, lesions.
+  (docs/evaluation.md): liver, muscle, vessels, lesions.
 * ``(-1000, 200)``: lung (and fat). Low-dose CT is above all chest CT (lung-cancer screening);
   lung parenchyma (-900 to -500 HU), ground glass and fat (-100 HU) all lie outside the soft
   window, and the full-range channel gives them 3.4 times coarser precision than this one.

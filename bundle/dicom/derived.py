@@ -7,7 +7,7 @@ study, frame of reference, equipment and acquisition attributes, and the exact g
 Viewers then link the two series and can do MPR on the output; a Secondary Capture would lose
 the geometry.
 
-What changes, per ``../shared/notes/dicom.md``:
+What changes for a derived image (DICOM PS3.3: new series, new instances, ImageType DERIVED):
 
 * new SeriesInstanceUID and SOPInstanceUIDs, file meta MediaStorageSOPInstanceUID = SOPInstanceUID;
   SeriesNumber + ``series_number_offset``; SeriesDescription ``"<source> enhanced - NOT FOR

@@ -3,7 +3,7 @@
 Why not ``monai.networks.schedulers.DDIMScheduler`` (1.6.1): its ``set_timesteps`` returns
 linspace timesteps but ``step`` moves by a fixed stride ``T // num_inference_steps``, so for 50
 steps 19 steps land on a timestep other than the next one in the list and the chain is off its
-trajectory (``tests/diffusion/test_ddim.py`` measures it). Here every step goes from ``t`` to the
+trajectory (``tests/diffusion/test_ddim_sampler.py`` measures it). Here every step goes from ``t`` to the
 NEXT timestep of the list, and the last step goes to abar = 1 (``t_prev = -1``), i.e. to x0.
 
 Timestep spacing (``spacing``), with ``m = max_timestep`` and ``n`` steps:

@@ -9,8 +9,9 @@ installed) says why in ``status`` and the report shows that instead of numbers.
 Rows defined here: ``identity`` (the input as the answer), ``vae_ceiling`` (decode(encode(target))
 through the model file's VAE, the spec's decoder: an oracle, it sees the target; nothing the
 spec-exact latent model outputs can beat it), ``ceiling`` (the same for the model's own output
-formula when it has a fidelity path or a residual output, ``CTEnhancer.ceiling``) and
-:class:`DiffusionSampling` (the model, one sampler setting per row). Classical
+formula when it has a fidelity path or a residual output, ``CTEnhancer.ceiling``),
+``no_diffusion`` (that formula with the SOURCE's own latent: what the U-Net adds is a sampling row
+minus it) and :class:`DiffusionSampling` (the model, one sampler setting per row). Classical
 filters are in :mod:`bundle.evaluation.baselines`, the supervised CNN in
 :mod:`bundle.evaluation.redcnn`.
 """

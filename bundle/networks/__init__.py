@@ -1,4 +1,4 @@
-"""Networks of the specification (../shared/spec/architecture.md).
+"""Networks of the specification (docs/architecture.md has its tables and our departures).
 
 - :class:`VideoVAE`: 3D VAE, 8x in-plane compression and none along the slice axis
   (``.encoder``, ``.decoder``, ``encode``/``decode``); :func:`kl_divergence` for its prior term.

@@ -44,8 +44,8 @@ Choices where the specification is silent (and why):
 
 Parameter count: 223,576,324 with the defaults (measured; tests/networks/test_spec_shapes.py
 asserts it). The specification is self-inconsistent here: its tables say 270M for the U-Net
-(441M total), its summary 163M (335M total), and the team's compute notes measured about 248M for
-another straightforward rendering. About 21M of the gap to 248M is the resampling: reusing the
+(441M total), its summary 163M (335M total), and another straightforward rendering measured earlier had about
+248M. About 21M of the gap to 248M is the resampling: reusing the
 VAE's (3, 4, 4)-kernel strided and transposed convolutions for the U-Net's three down- and three
 upsamples would cost 21.3M more than the 3x3x3 convolutions here; the rest is presumably smaller
 choices such as the third residual block drawn at level 0 (+1.0M) or attention in/out
