@@ -57,7 +57,8 @@ class GroupLRSchedule:
 
     def __call__(self, engine: Engine) -> None:
         accumulate = int(getattr(engine, "grad_accum_steps", 1))
-        step = (engine.state.iteration - 1) // accumulate  # ITERATION_STARTED: iteration is 1-based
+        # ITERATION_STARTED: the iteration is 1-based; a RecipeTrainer counts its steps itself
+        step = getattr(engine, "optimizer_steps", (engine.state.iteration - 1) // accumulate)
         total = self.total_steps
         if total is None and engine.state.epoch_length:
             total = -(-engine.state.max_epochs * engine.state.epoch_length // accumulate)
