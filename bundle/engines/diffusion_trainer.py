@@ -51,6 +51,9 @@ class LatentDiffusionTrainer(RecipeTrainer):
             with ``.fidelity``), relative to ``recon_weight``.
         fidelity_loss: the loss of that term (None: ``reconstruction_loss``).
         ema_decay: decay of the U-Net EMA used for validation and export.
+        detach_target_latent: in phase 2, the diffusion loss does not reach the encoder through
+            the target latent (only through the condition): the scale factor, fixed after the VAE
+            stage, then keeps describing the target latents (docs/diffusion.md measures both).
         enhancer_settings: ``CTEnhancer`` settings for validation and export, e.g. the tiling
             geometry of the training slab (``latent_window``, ``image_tile``, overlaps).
     """
@@ -69,6 +72,7 @@ class LatentDiffusionTrainer(RecipeTrainer):
         recon_weight: float = 1.0,
         kl_weight: float = 1e-6,
         ema_decay: float = 0.999,
+        detach_target_latent: bool = False,
         enhancer_settings: dict | None = None,
         reconstruction_loss: ReconstructionLoss | None = None,
         fidelity_loss_weight: float = 1.0,
@@ -88,6 +92,7 @@ class LatentDiffusionTrainer(RecipeTrainer):
         self.recon_weight = recon_weight
         self.kl_weight = kl_weight
         self.ema = make_ema(unet, decay=ema_decay)
+        self.detach_target_latent = bool(detach_target_latent)
         self.enhancer_settings = dict(enhancer_settings or {})
         self.training_state = TrainingState()
         unet_params = {id(p) for p in unet.parameters()}
@@ -154,7 +159,7 @@ class LatentDiffusionTrainer(RecipeTrainer):
         mean_source, mean_target = mean.chunk(2)
         _, logvar_target = logvar.chunk(2)
         z_target = self.vae.sample(mean_target, logvar_target, generator)
-        z0 = z_target * scale
+        z0 = (z_target.detach() if self.detach_target_latent else z_target) * scale
         condition = mean_source * scale
 
         t = self.schedule.sample_timesteps(z0.shape[0], generator=generator, device=device)

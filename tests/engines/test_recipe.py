@@ -230,3 +230,32 @@ def test_validation_scores_the_scans_own_voxels_like_the_evaluation(make_parser,
     for window, values in expected.items():
         for metric in ("psnr", "ssim", "rmse", "volume_psnr"):
             assert validator.state.metrics[f"identity/{window}/{metric}"] == pytest.approx(values[metric], rel=1e-6)
+
+
+def test_detached_target_latent_keeps_the_diffusion_loss_off_the_target_path(make_parser, tiny_overrides):
+    """detach_target_latent: in phase 2 the diffusion loss reaches the encoder through the
+    condition (the source's latent) but not through the target latent it denoises."""
+    parser = make_parser({**tiny_overrides, "recon_weight": 0.0, "kl_weight": 0.0})
+    trainer = parser.get_parsed_content("diffusion_trainer")
+    trainer.training_state.scale_factor = 1.0
+    trainer.enter_phase2()
+    with torch.no_grad():  # the zero-initialised output layer would pass no gradient at all
+        for p in trainer.unet.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    batch = next(iter(parser.get_parsed_content("train_loader")))
+    n = batch["source"].shape[0]
+    encode, captured = trainer.vae.encode_moments, {}
+
+    def spy(x):
+        captured["mean"], logvar = encode(x)
+        return captured["mean"], logvar
+
+    trainer.vae.encode_moments = spy
+    grads = {}
+    for detach in (False, True):
+        trainer.detach_target_latent = detach
+        loss, _ = trainer.compute_loss(batch)
+        g = torch.autograd.grad(loss, captured["mean"])[0]
+        grads[detach] = (float(g[:n].abs().sum()), float(g[n:].abs().sum()))  # (source, target)
+    assert grads[False][1] > 0 and grads[True][1] == 0
+    assert grads[True][0] > 0  # the condition still carries the diffusion loss to the encoder
