@@ -54,6 +54,7 @@ def test_spec_exact_is_one_file_away(recipe):
     # the spec's diffusion loss: MSE on epsilon
     schedule = parser.get_parsed_content("schedule")
     assert schedule.prediction_type == "epsilon"
+    assert parser.get_parsed_content("diffusion_trainer").detach_target_latent is False
     stage = parser.get_parsed_content("vae_stage")
     assert stage.discriminator is None
     assert not parser.get_parsed_content("enhancer_settings").get("residual", False)
