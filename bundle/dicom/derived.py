@@ -39,7 +39,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import CTImageStorage
 
-from bundle.dicom.reader import CTVolume
+from bundle.dicom.volume import CTVolume
 from bundle.dicom.writer import INT16_MAX, INT16_MIN, new_file_meta, save_dataset, set_hu_pixels, uid_source
 
 __all__ = [

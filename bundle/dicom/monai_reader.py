@@ -30,7 +30,8 @@ import numpy as np
 from monai.data import ImageReader
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
-from bundle.dicom.reader import CTVolume, DicomSeriesError, read_series
+from bundle.dicom.reader import read_series
+from bundle.dicom.volume import CTVolume, DicomSeriesError
 
 __all__ = ["CTSeriesReader"]
 

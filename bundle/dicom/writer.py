@@ -9,7 +9,7 @@
 * :func:`set_hu_pixels` - signed int16 pixels, slope 1, intercept 0, stale pixel tags removed;
 * :func:`save_dataset` - atomic write of one dataset.
 
-Geometry arguments follow :class:`bundle.dicom.reader.CTVolume`: ``hu`` is ``(slices, rows, cols)``,
+Geometry arguments follow :class:`bundle.dicom.volume.CTVolume`: ``hu`` is ``(slices, rows, cols)``,
 ``spacing`` is ``(slice_mm, row_mm, col_mm)``, ``origin`` is the LPS position of ``hu[0, 0, 0]``,
 ``direction`` has the LPS unit vectors along columns index, rows index, slice index as columns.
 """
