@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from bundle.dicom import discover_series, read_series  # noqa: E402
-from bundle.inference.batch import uid_hash  # noqa: E402
+from bundle.utils.names import uid_hash  # noqa: E402
 from bundle.utils.io import atomic_path  # noqa: E402
 
 WINDOW = (-160, 240)

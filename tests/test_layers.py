@@ -83,5 +83,5 @@ def test_the_checker_sees_lazy_and_relative_imports(tmp_path):
     """The checker itself: a function-level import and a relative import are found."""
     probe = PACKAGE / "diffusion" / "ddim.py"
     assert "diffusion" in imported_parts(probe)  # `from .schedule import ...`
-    enhancer = PACKAGE / "inference" / "batch.py"
-    assert {"dicom", "data"} <= imported_parts(enhancer)
+    batch = PACKAGE / "inference" / "batch" / "run.py"  # function-level imports of both
+    assert {"dicom", "data"} <= imported_parts(batch)

@@ -25,7 +25,6 @@ realisation and a re-run reproduces every file.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 import time
@@ -95,42 +94,50 @@ def _strip_nifti(name: str) -> str:
     return name
 
 
-def _is_under(path: Path, folder: Path | None) -> bool:
-    if folder is None:
-        return False
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
-
-
 def find_inputs(root: Path, exclude: Path | None = None) -> tuple[list[SimulationInput], list[str]]:
     """The volumes under ``root`` and the problems found on the way (messages naming the file).
 
     ``exclude``: a folder to ignore (the output folder, when it lies inside ``root``).
     """
+    from bundle.data.inputs import find_ct_inputs, series_folder
     from bundle.data.volume_io import is_nifti
+    from bundle.dicom import select_reason
 
     root = Path(root)
     if not root.exists():
         return [], [f"{root}: no such file or folder"]
-    if root.is_file():
-        if is_nifti(root):
-            return [SimulationInput(_strip_nifti(root.name), root)], []
+    if root.is_file() and not is_nifti(root):
         return [], [f"{root}: not a NIfTI file (.nii, .nii.gz); for DICOM pass the series folder"]
+    if root.is_file():
+        return [SimulationInput(_strip_nifti(root.name), root)], []
 
-    inputs: list[SimulationInput] = []
+    found = find_ct_inputs(root, exclude=exclude)
+    inputs = [
+        SimulationInput(_flat_name((path.parent / _strip_nifti(path.name)).relative_to(root), root.name), path)
+        for path in found.nifti
+    ]
     problems: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not _is_under(here / d, exclude))
-        for name in sorted(filenames):
-            if not name.startswith(".") and is_nifti(name):
-                relative = (here / _strip_nifti(name)).relative_to(root)
-                inputs.append(SimulationInput(_flat_name(relative, root.name), here / name))
-
-    inputs += _find_dicom_series(root, exclude, problems)
+    for problem in found.problems:
+        if problem.kind == "unreadable":
+            problems.append(f"{problem.path}: unreadable DICOM file: {problem.reason}")
+        elif problem.kind == "duplicate":
+            logger.warning("%s: skipped, %s", problem.path, problem.reason)
+        # not-dicom / not-an-image files (notes, DICOMDIR) are simply not inputs
+    selectable = []
+    for info in found.series:
+        reason = select_reason(info)
+        if reason is not None:
+            print(f"skip DICOM series in {info.files[0].parent}: {reason} ({info.summary()})")
+            continue
+        selectable.append((series_folder(info), info))
+    per_folder: dict[Path, int] = {}
+    for folder, _ in selectable:
+        per_folder[folder] = per_folder.get(folder, 0) + 1
+    for index, (folder, info) in enumerate(selectable):
+        name = _flat_name(folder.relative_to(root), root.resolve().name)
+        if per_folder[folder] > 1:
+            name += f"_s{info.series_number if info.series_number is not None else index}"
+        inputs.append(SimulationInput(name, folder, info.files))
 
     # Two inputs flattening to one name must not overwrite each other.
     seen: dict[str, int] = {}
@@ -140,42 +147,6 @@ def find_inputs(root: Path, exclude: Path | None = None) -> tuple[list[Simulatio
         if count:
             item.name = f"{item.name}_{count + 1}"
     return inputs, problems
-
-
-def _find_dicom_series(root: Path, exclude: Path | None, problems: list[str]) -> list[SimulationInput]:
-    from bundle.dicom import discover_series, select_reason
-    from bundle.data.volume_io import is_nifti
-
-    series, file_problems = discover_series(root)
-    for problem in file_problems:
-        if _is_under(problem.path, exclude) or is_nifti(problem.path):
-            continue
-        if problem.kind == "unreadable":
-            problems.append(f"{problem.path}: unreadable DICOM file: {problem.reason}")
-        elif problem.kind == "duplicate":
-            logger.warning("%s: skipped, %s", problem.path, problem.reason)
-        # not-dicom / not-an-image files (notes, DICOMDIR) are simply not inputs
-    selectable = []
-    for info in series:
-        files = [f for f in info.files if not _is_under(f, exclude)]
-        if not files:
-            continue
-        reason = select_reason(info)
-        if reason is not None:
-            print(f"skip DICOM series in {files[0].parent}: {reason} ({info.summary()})")
-            continue
-        folder = Path(os.path.commonpath([str(f.parent) for f in files]))
-        selectable.append((folder, info, files))
-    per_folder: dict[Path, int] = {}
-    for folder, _, _ in selectable:
-        per_folder[folder] = per_folder.get(folder, 0) + 1
-    inputs = []
-    for index, (folder, info, files) in enumerate(selectable):
-        name = _flat_name(folder.relative_to(root), root.resolve().name)
-        if per_folder[folder] > 1:
-            name += f"_s{info.series_number if info.series_number is not None else index}"
-        inputs.append(SimulationInput(name, folder, files))
-    return inputs
 
 
 def volume_seed(seed: int, name: str) -> int:

@@ -34,6 +34,7 @@ from bundle.metrics import (
     window_metrics,
     window_name,
 )
+from bundle.utils.names import safe_name
 
 __all__ = ["Evaluation", "as_pair", "panel_slice"]
 
@@ -184,7 +185,7 @@ class Evaluation:
                     "output": pred[0, index].numpy(),
                     "uncertainty": None if uncertainty is None else uncertainty.detach().float().cpu().reshape(pair.target.shape)[0, index].numpy(),
                 }
-            panel_path = self.output_dir / "panels" / f"{report.safe_name(pair.patient)}.png"
+            panel_path = self.output_dir / "panels" / f"{safe_name(pair.patient, 'volume', max_length=80)}.png"
             report.save_panel(
                 panel_path, pair.patient, index,
                 source=pair.source[0, index].numpy(), target=pair.target[0, index].numpy(), rows=shown,

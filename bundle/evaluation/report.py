@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import numpy as np
 from bundle.utils.io import atomic_path, atomic_write_json, atomic_write_text
 from bundle.utils.plain import plain
 
-__all__ = ["save_panel", "save_steps_plot", "write_report", "safe_name"]
+__all__ = ["save_panel", "save_steps_plot", "write_report"]
 
 METRIC_COLUMNS = (
     ("psnr", "PSNR (dB)", "{:.2f}"),
@@ -34,11 +33,6 @@ METRIC_COLUMNS = (
     ("volume_psnr", "volume PSNR (dB)", "{:.2f}"),
     ("noise_sigma", "noise σ (HU)", "{:.2f}"),
 )
-
-
-def safe_name(name: str) -> str:
-    """A file-name-safe version of a patient id."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "volume"
 
 
 def _pyplot():

@@ -22,7 +22,8 @@ from pydicom.uid import MRImageStorage
 from bundle.cli import main
 from bundle.dicom import read_series, write_ct_series
 from bundle.inference import CTEnhancer
-from bundle.inference.batch import DONE_MARKER, SUMMARY_COLUMNS, from_spl, safe_name, to_spl
+from bundle.inference.batch import DONE_MARKER, SUMMARY_COLUMNS
+from bundle.utils.names import safe_name
 from bundle.networks import ConditionalUNet3D, VideoVAE
 
 SHAPE = (10, 40, 48)  # (slices, rows, cols): rows != cols so a swapped axis shows
@@ -364,22 +365,6 @@ def test_missing_model_is_an_error_before_any_output(batch, tmp_path, capsys):
     output = tmp_path / "never"
     assert enhance(batch["input"], output, tmp_path / "missing.pt") == 2
     assert "missing.pt" in capsys.readouterr().err and not output.exists()
-
-
-@pytest.mark.parametrize(
-    "direction",
-    [np.eye(3), np.diag([-1.0, -1.0, 1.0]), np.array([[0.0, 1, 0], [1, 0, 0], [0, 0, -1]]),
-     np.array([[0.0, 0, 1], [-1, 0, 0], [0, -1, 0]])],
-)
-def test_spl_reorientation_round_trips_and_points_to_superior_posterior_left(direction):
-    hu = np.arange(3 * 4 * 5, dtype=np.float32).reshape(3, 4, 5)
-    spl = to_spl(hu, direction)
-    np.testing.assert_array_equal(from_spl(spl, direction), hu)
-    # the voxel that is most superior-posterior-left in patient space is spl[-1, -1, -1]
-    k, j, i = np.meshgrid(*(np.arange(n) for n in hu.shape), indexing="ij")
-    lps = direction @ np.stack([i.ravel(), j.ravel(), k.ravel()])
-    score = lps[0] + lps[1] + lps[2]  # +x left, +y posterior, +z superior
-    assert spl[-1, -1, -1] == hu.ravel()[np.argmax(score)]
 
 
 def test_derived_series_from_an_unsigned_12_bit_implicit_vr_source(tmp_path):
