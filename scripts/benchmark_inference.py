@@ -12,7 +12,6 @@ first row is the most meaningful when several run).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import resource
 import time
 
@@ -21,8 +20,7 @@ import torch
 
 from bundle.data.phantom import make_phantom
 from bundle.inference import CTEnhancer
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from bundle.utils.precision import PRECISIONS, autocast
 
 
 class Timer:
@@ -69,8 +67,7 @@ def main() -> None:
         enhancer.autoencoder.encode = timer.wrap("encode", type(enhancer.autoencoder).encode.__get__(enhancer.autoencoder))
         enhancer.autoencoder.decode = timer.wrap("decode", type(enhancer.autoencoder).decode.__get__(enhancer.autoencoder))
         enhancer.unet.forward = timer.wrap("unet", type(enhancer.unet).forward.__get__(enhancer.unet))
-        dtype = PRECISIONS[precision]
-        amp = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        amp = autocast(device, precision)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
             torch.cuda.synchronize()

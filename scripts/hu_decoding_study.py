@@ -56,7 +56,7 @@ def main() -> None:
         captured.append(channels.detach().clone())
         return original(self, channels, channel_dim)
 
-    print(f"| volume | window | decoding | PSNR | SSIM | RMSE (HU) |\n|---|---|---|---|---|---|")
+    print("| volume | window | decoding | PSNR | SSIM | RMSE (HU) |\n|---|---|---|---|---|---|")
     for item in load_datalist(args.datalist, args.split):
         pair = transforms(item)
         source, target = pair["source"].as_tensor(), pair["target"].as_tensor()

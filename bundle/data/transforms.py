@@ -38,6 +38,8 @@ from monai.data.utils import pickle_hashing
 from monai.transforms import LoadImaged, MapTransform, RandCropByPosNegLabeld
 from monai.utils import convert_to_dst_type, ensure_tuple
 
+from bundle.data.volume_io import is_nifti
+
 __all__ = [
     "BODY_HU",
     "CT_AXCODES",
@@ -51,13 +53,6 @@ __all__ = [
 
 CT_AXCODES = "SPL"  # (S, H, W) = (inferior->superior, anterior->posterior, right->left)
 BODY_HU = -500.0  # body mask threshold: above air and most lung, below fat and soft tissue
-
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
-
-
-def _is_nifti(path: str) -> bool:
-    return path.lower().endswith(_NIFTI_SUFFIXES)
-
 
 class CTImageReader(ImageReader):
     """A MONAI reader for both forms a CT comes in: NIfTI files and DICOM series folders.
@@ -88,7 +83,7 @@ class CTImageReader(ImageReader):
 
     def verify_suffix(self, filename) -> bool:
         paths = [str(p) for p in ensure_tuple(filename)]
-        return bool(paths) and all(os.path.isdir(p) or _is_nifti(p) for p in paths)
+        return bool(paths) and all(os.path.isdir(p) or is_nifti(p) for p in paths)
 
     def _reader_for(self, data) -> ImageReader:
         paths = [str(p) for p in ensure_tuple(data)]
@@ -97,7 +92,7 @@ class CTImageReader(ImageReader):
                 raise FileNotFoundError(f"CT image not found: {path}")
         if all(os.path.isdir(p) for p in paths):
             return self.dicom
-        if all(os.path.isfile(p) and _is_nifti(p) for p in paths):
+        if all(os.path.isfile(p) and is_nifti(p) for p in paths):
             return self.nifti
         raise ValueError(f"expected NIfTI files (.nii, .nii.gz) or DICOM series folders, got {paths}")
 
