@@ -9,6 +9,10 @@ File format (JSON, MONAI's decathlon layout)::
 
 Paths are relative to the datalist's own folder (absolute paths also work), so a data folder can
 move with its datalist. ``source`` and ``target`` are NIfTI files or DICOM series folders.
+Optional keys carry what a simulation knows (``ctv2v demo-data`` writes them): ``clean`` (the
+noise-free volume), ``labels`` (tissue labels), ``objects`` (a JSON list of lesions and QA
+inserts) and ``target_repeat`` (a second full-dose realisation); tools that do not use them
+ignore them.
 
 Naming rule used by :func:`make_datalist`: ``<stem>_source`` / ``<stem>_target``, where the name
 ends in ``.nii`` / ``.nii.gz`` (files) or nothing (DICOM series folders), and source and target
@@ -31,7 +35,8 @@ from pathlib import Path
 __all__ = ["SPLITS", "find_pairs", "load_datalist", "make_datalist", "patient_of", "split_patients"]
 
 SPLITS = ("training", "validation", "test")
-PATH_KEYS = ("source", "target")
+# paths resolved when present; all but source and target are optional (the simulation's truth)
+PATH_KEYS = ("source", "target", "clean", "labels", "objects", "target_repeat")
 
 _PAIR_NAME = re.compile(r"^(?P<stem>.+)_(?P<role>source|target)(?P<ext>\.nii(?:\.gz)?)?$", re.IGNORECASE)
 

@@ -4,12 +4,24 @@
 its low-dose / full-dose pair (:mod:`bundle.data.simulate`) and writes into OUT:
 
 * ``<patient>_source.nii.gz`` / ``<patient>_target.nii.gz`` for every patient (``demo000``, ...);
+* what the simulation knows, for every volume: ``<patient>_clean.nii.gz`` (the noise-free scan of
+  the phantom, float32 HU: the truth, with the scanner's blur that source and target share;
+  :func:`bundle.data.simulate.noise_free_scan`), ``<patient>_labels.nii.gz`` (uint8 tissue labels,
+  :data:`bundle.data.phantom.LABELS`) and ``<patient>_objects.json`` (lesions and QA inserts:
+  centre in voxels, radius in mm, contrast or nominal HU);
+* for the test volumes also ``<patient>_target2.nii.gz`` (a second full-dose realisation: noise
+  measured from a difference, no truth needed) and the sources of the dose sweep,
+  ``<patient>_source_dose<d>.nii.gz`` for each of ``sweep_doses``;
+* ``qa000``: an ACR/Catphan-like QA cylinder (:func:`bundle.data.phantom.make_qa_phantom`) in the
+  test split, through the same dose pipeline;
 * ``dicom/<patient>/``: the SOURCE as a CT DICOM series, for the first test patient (what the
   batch tool enhances) and the first training patient; the datalist points at these folders
   for those two patients' sources, so training, validation and inference all go through the
   DICOM reader as well as the NIfTI one. Both forms hold the same int16 HU and geometry.
 * ``datalist.json``: ``{"training", "validation", "test"}``, entries ``{"patient", "source",
-  "target"}`` with paths relative to OUT; the split is by patient, reproducible from the seed:
+  "target"}`` (plus the optional ``clean``, ``labels``, ``objects`` and, in "test",
+  ``target_repeat``) with paths relative to OUT; one more list per sweep dose, ``"test_dose<d>"``,
+  the test entries with that dose's source; the split is by patient, reproducible from the seed:
   about 1/8 of the patients each for test and validation (at least one each from 3 patients),
   e.g. 6 / 1 / 1 for 8;
 * ``demo.json``: the settings and the files written, last and atomically. A later call with
@@ -32,8 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bundle.data.phantom import flat_region, make_phantom
-from bundle.data.simulate import calibrated_i0, scan_geometry, simulate_pair
+from bundle.data.phantom import flat_region, make_phantom, make_qa_phantom
+from bundle.data.simulate import calibrated_i0, noise_free_scan, scan_geometry, simulate_pair
 from bundle.metrics import find_flat_region, measure_noise_sigma
 from bundle.data.volume_io import save_nifti
 from bundle.utils.io import atomic_write_json
@@ -54,7 +66,8 @@ logger = logging.getLogger(__name__)
 DEMO_FOV_MM = 345.6
 DEMO_SLICE_MM = 2.5
 MANIFEST_NAME = "demo.json"
-_FORMAT = 1  # bump when the files written for the same settings change
+_FORMAT = 2  # bump when the files written for the same settings change
+SWEEP_DOSES = (0.5, 0.1, 0.05)
 
 
 def demo_geometry(slices: int, size: int) -> tuple[tuple[float, float, float], tuple[float, float, float], np.ndarray]:
@@ -87,7 +100,8 @@ def split_demo_patients(patients: list[str], seed: int) -> dict[str, list[str]]:
 
 
 def demo_settings(
-    num_volumes: int = 8, slices: int = 32, size: int = 128, seed: int = 0, dose: float = 0.25, dtype: str = "int16"
+    num_volumes: int = 8, slices: int = 32, size: int = 128, seed: int = 0, dose: float = 0.25, dtype: str = "int16",
+    qa_phantom: bool = True, sweep_doses=SWEEP_DOSES,
 ) -> dict:
     """Everything the dataset's content depends on; equal settings mean equal files."""
     if num_volumes < 1 or slices < 1 or size < 16:
@@ -103,6 +117,8 @@ def demo_settings(
         "seed": int(seed),
         "dose": float(dose),
         "dtype": dtype,
+        "qa_phantom": bool(qa_phantom),
+        "sweep_doses": [float(d) for d in sweep_doses],
         "spacing_mm": list(spacing),
         "i0_full": calibrated_i0(scan_geometry((size, size), spacing[1])),
     }
@@ -142,6 +158,8 @@ def make_demo_dataset(
     dtype: str = "int16",
     force: bool = False,
     workers: int = 2,
+    qa_phantom: bool = True,
+    sweep_doses=SWEEP_DOSES,
     log: Callable[[str], None] = logger.info,
 ) -> dict:
     """Write (or find complete) the demo dataset in ``out``; returns its manifest.
@@ -151,7 +169,7 @@ def make_demo_dataset(
     (patient -> series folder), ``seconds`` and ``skipped`` (True when nothing was done).
     """
     out = Path(out)
-    settings = demo_settings(num_volumes, slices, size, seed, dose, dtype)
+    settings = demo_settings(num_volumes, slices, size, seed, dose, dtype, qa_phantom, sweep_doses)
     if not force:
         manifest = load_complete_manifest(out, settings)
         if manifest is not None:
@@ -168,6 +186,9 @@ def make_demo_dataset(
     affine = _affine_ras(spacing, origin, direction)
     patients = [f"demo{i:03d}" for i in range(num_volumes)]
     splits = split_demo_patients(patients, seed)
+    if qa_phantom:
+        patients.append("qa000")
+        splits["test"].append("qa000")
     split_of = {p: split for split, members in splits.items() for p in members}
     dicom_patients = [members[0] for members in (splits["test"], splits["training"]) if members]
     uid_key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -179,14 +200,36 @@ def make_demo_dataset(
         for index, patient in enumerate(patients):
             t0 = time.perf_counter()
             phantom_seed, noise_seed = np.random.SeedSequence([seed, index]).generate_state(2)
-            phantom = make_phantom(int(phantom_seed), shape=(slices, size, size), spacing=spacing)
+            if patient.startswith("qa"):
+                phantom = make_qa_phantom(shape=(slices, size, size), spacing=spacing)
+            else:
+                phantom = make_phantom(int(phantom_seed), shape=(slices, size, size), spacing=spacing)
             t1 = time.perf_counter()
             source, target = simulate_pair(phantom.hu, spacing, dose=dose, seed=int(noise_seed), executor=executor)
             t2 = time.perf_counter()
-            names = {"source": f"{patient}_source.nii.gz", "target": f"{patient}_target.nii.gz"}
+            names = {"source": f"{patient}_source.nii.gz", "target": f"{patient}_target.nii.gz",
+                     "clean": f"{patient}_clean.nii.gz", "labels": f"{patient}_labels.nii.gz",
+                     "objects": f"{patient}_objects.json"}
             save_nifti(source, out / names["source"], affine, dtype=dtype)
             save_nifti(target, out / names["target"], affine, dtype=dtype)
-            files += names.values()
+            clean = noise_free_scan(phantom.hu, spacing, executor=executor)
+            save_nifti(clean, out / names["clean"], affine, dtype="float32")
+            save_nifti(phantom.labels, out / names["labels"], affine, dtype="uint8")
+            atomic_write_json(out / names["objects"], {
+                "spacing_mm": list(spacing), "lesions": phantom.lesions, "inserts": phantom.inserts,
+            })
+            extra: dict[str, str] = {}
+            if split_of[patient] == "test":
+                # a second full-dose realisation and the dose sweep, each its own noise draw
+                seeds = np.random.SeedSequence([seed, index, 1]).generate_state(1 + len(sweep_doses))
+                _, repeat = simulate_pair(phantom.hu, spacing, dose=1.0, seed=int(seeds[0]), executor=executor)
+                extra["target_repeat"] = f"{patient}_target2.nii.gz"
+                save_nifti(repeat, out / extra["target_repeat"], affine, dtype=dtype)
+                for sweep_dose, sweep_seed in zip(sweep_doses, seeds[1:]):
+                    low, _ = simulate_pair(phantom.hu, spacing, dose=sweep_dose, seed=int(sweep_seed), executor=executor)
+                    extra[f"source_dose{sweep_dose:g}"] = f"{patient}_source_dose{sweep_dose:g}.nii.gz"
+                    save_nifti(low, out / extra[f"source_dose{sweep_dose:g}"], affine, dtype=dtype)
+            files += list(names.values()) + list(extra.values())
             if patient in dicom_patients:
                 from bundle.dicom import write_ct_series  # imports MONAI: only when needed
 
@@ -213,6 +256,8 @@ def make_demo_dataset(
                 "split": split_of[patient],
                 "source": dicom_folders.get(patient, names["source"]),
                 "target": names["target"],
+                **{k: names[k] for k in ("clean", "labels", "objects")},
+                **extra,
                 "noise_sigma_source_hu": round(measure_noise_sigma(source, mask), 2),
                 "noise_sigma_target_hu": round(measure_noise_sigma(target, mask), 2),
                 "lesions": len(phantom.lesions),
@@ -226,12 +271,16 @@ def make_demo_dataset(
                 + (f", DICOM source in {dicom_folders[patient]}" if patient in dicom_folders else "")
             )
 
+    keys = ("source", "target", "clean", "labels", "objects", "target_repeat")
     datalist = {
-        split: [
-            {"patient": p, "source": records[p]["source"], "target": records[p]["target"]} for p in members
-        ]
+        split: [{"patient": p, **{k: records[p][k] for k in keys if k in records[p]}} for p in members]
         for split, members in splits.items()
     }
+    for sweep_dose in sweep_doses:  # the test entries with the sources of another dose
+        key = f"source_dose{sweep_dose:g}"
+        datalist[f"test_dose{sweep_dose:g}"] = [
+            {**entry, "source": records[entry["patient"]][key]} for entry in datalist["test"]
+        ]
     atomic_write_json(out / "datalist.json", datalist)
     files.append("datalist.json")
 

@@ -15,12 +15,12 @@ right (0) to left, i.e. a supine patient seen in the usual radiological display.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["HU", "LABELS", "Phantom", "flat_region", "make_phantom", "water_cylinder"]
+__all__ = ["HU", "LABELS", "QA_INSERTS", "Phantom", "flat_region", "make_phantom", "make_qa_phantom", "water_cylinder"]
 
 # Nominal HU per tissue; each patient draws small offsets around them.
 HU = {
@@ -60,6 +60,8 @@ LABELS = {
     "bone": 11,
     "lesion": 12,
     "csf": 13,
+    "water": 14,  # the QA phantom's body
+    "insert": 15,  # the QA phantom's material inserts
 }
 
 
@@ -71,13 +73,17 @@ class Phantom:
         hu: HU, float32 (slices, rows, cols).
         labels: uint8 tissue labels (:data:`LABELS`), same shape.
         spacing: (slice_mm, row_mm, col_mm).
-        lesions: one dict per lesion: centre (slice, row, col) in voxels, radius_mm, contrast_hu.
+        lesions: one dict per lesion or low-contrast disc: centre (slice, row, col) in voxels,
+            radius_mm, contrast_hu (against its surroundings).
+        inserts: one dict per material insert of a QA phantom: name, centre (row, col) in
+            voxels (a cylinder through every slice), radius_mm, hu (nominal). Empty for patients.
     """
 
     hu: np.ndarray
     labels: np.ndarray
     spacing: tuple[float, float, float]
     lesions: list[dict]
+    inserts: list[dict] = field(default_factory=list)
 
 
 def _smooth_along_z(
@@ -327,14 +333,70 @@ def make_phantom(
     return Phantom(hu=hu.astype(np.float32), labels=labels, spacing=(dz, dy, dx), lesions=lesions)
 
 
+# The QA phantom's material inserts: name -> (nominal HU, angle on the ring in degrees); radius 10 mm.
+QA_INSERTS = {
+    "air": (-1000.0, 90.0),
+    "fat": (-100.0, 150.0),
+    "water": (0.0, 210.0),
+    "soft tissue": (60.0, 270.0),
+    "bone 700": (700.0, 330.0),
+    "bone 1200": (1200.0, 30.0),
+}
+# Low-contrast discs (cylinders through every slice): (contrast HU, radius mm) on an inner ring.
+QA_DISCS = [(15.0, 5.0), (10.0, 5.0), (5.0, 5.0), (15.0, 3.0), (10.0, 3.0), (5.0, 3.0), (15.0, 1.5), (10.0, 1.5)]
+
+
+def make_qa_phantom(
+    shape: tuple[int, int, int] = (32, 128, 128),
+    spacing: tuple[float, float, float] = (2.5, 2.7, 2.7),
+    diameter_mm: float = 220.0,
+) -> Phantom:
+    """An ACR/Catphan-like QA cylinder: a water cylinder in air (the axis along the slices) with
+    six material inserts (air, fat, water, soft tissue, bone-like 700 and 1200 HU, 10 mm radius)
+    on an outer ring, whose edges serve the TTF, and low-contrast discs of 5-15 HU at radii of
+    1.5-5 mm on an inner ring. Deterministic; blurred like the patients (the scanner's blur)."""
+    slices, rows, cols = (int(v) for v in shape)
+    dz, dy, dx = (float(v) for v in spacing)
+    y = ((np.arange(rows) - (rows - 1) / 2) * dy)[:, None]
+    x = ((np.arange(cols) - (cols - 1) / 2) * dx)[None, :]
+    radius_mm = min(diameter_mm / 2, 0.45 * min(rows * dy, cols * dx))
+    hu2d = np.full((rows, cols), HU["air"], np.float32)
+    labels2d = np.zeros((rows, cols), np.uint8)
+    body = np.hypot(y, x) < radius_mm
+    hu2d[body], labels2d[body] = 0.0, LABELS["water"]
+    inserts, lesions = [], []
+    ring = 0.62 * radius_mm
+    for name, (value, angle) in QA_INSERTS.items():
+        cy, cx = ring * np.sin(np.deg2rad(angle)), ring * np.cos(np.deg2rad(angle))
+        disc = np.hypot(y - cy, x - cx) < 10.0
+        hu2d[disc], labels2d[disc] = value, LABELS["insert"]
+        centre = (float(cy / dy + (rows - 1) / 2), float(cx / dx + (cols - 1) / 2))
+        inserts.append({"name": name, "centre": centre, "radius_mm": 10.0, "hu": value})
+    inner = 0.3 * radius_mm
+    for index, (contrast, r) in enumerate(QA_DISCS):
+        angle = 2 * np.pi * index / len(QA_DISCS)
+        cy, cx = inner * np.sin(angle), inner * np.cos(angle)
+        disc = np.hypot(y - cy, x - cx) < r
+        hu2d[disc] += contrast
+        labels2d[disc] = LABELS["lesion"]
+        centre = (slices // 2, float(cy / dy + (rows - 1) / 2), float(cx / dx + (cols - 1) / 2))
+        lesions.append({"centre": centre, "radius_mm": r, "contrast_hu": contrast, "through_slices": True})
+    hu = ndimage.gaussian_filter(np.broadcast_to(hu2d, (slices, rows, cols)).astype(np.float32), (0.4, 0.6, 0.6),
+                                 mode="nearest")
+    labels = np.broadcast_to(labels2d, (slices, rows, cols)).copy()
+    return Phantom(hu=hu.astype(np.float32), labels=labels, spacing=(dz, dy, dx), lesions=lesions, inserts=inserts)
+
+
 def flat_region(phantom: Phantom, margin_px: int = 2) -> np.ndarray:
     """Mask of the liver away from its edges and lesions: where to measure noise (HU sigma).
 
     The liver parenchyma is flat but for a texture of about 2 HU. ``margin_px`` pixels in-plane
-    are eroded from every edge, lesions included. Slices without liver are empty.
+    are eroded from every edge, lesions included. Slices without liver are empty. For the QA
+    phantom: its water body, inserts and discs left out.
     """
     size = 2 * margin_px + 1
-    return ndimage.binary_erosion(phantom.labels == LABELS["liver"], structure=np.ones((1, size, size), dtype=bool))
+    flat = LABELS["water"] if (phantom.labels == LABELS["water"]).any() else LABELS["liver"]
+    return ndimage.binary_erosion(phantom.labels == flat, structure=np.ones((1, size, size), dtype=bool))
 
 
 def water_cylinder(

@@ -48,6 +48,7 @@ __all__ = [
     "calibrated_i0",
     "hu_to_mu",
     "mu_to_hu",
+    "noise_free_scan",
     "scan_geometry",
     "simulate_pair",
     "simulate_slice_pair",
@@ -265,3 +266,35 @@ def simulate_pair(
     if hu.ndim == 2:
         return source[0], target[0]
     return source, target
+
+
+def noise_free_scan(
+    hu_volume: np.ndarray,
+    pixel_spacing_mm: float | Sequence[float],
+    *,
+    workers: int = 2,
+    executor: Executor | None = None,
+    angles_per_pixel: float = 1.5,
+    filter_name: str = "ramp",
+) -> np.ndarray:
+    """The scan of ``hu_volume`` without noise: the same projection and reconstruction as
+    :func:`simulate_pair` with infinite flux. It is the truth a denoiser should reach: it keeps
+    the scanner's blur and reconstruction error, which are in its input too and no denoiser is
+    asked to remove, so ``target - noise_free_scan`` is the target's noise alone."""
+    hu = np.asarray(hu_volume)
+    volume = hu[None] if hu.ndim == 2 else hu
+    geometry = scan_geometry(volume.shape[1:], _pixel_mm(pixel_spacing_mm), angles_per_pixel)
+
+    def one_slice(index: int) -> np.ndarray:
+        return _reconstruct(_line_integrals(volume[index], geometry), geometry, filter_name)
+
+    indices = range(volume.shape[0])
+    if executor is not None:
+        slices = list(executor.map(one_slice, indices))
+    elif workers > 1 and volume.shape[0] > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            slices = list(pool.map(one_slice, indices))
+    else:
+        slices = [one_slice(i) for i in indices]
+    out = np.stack(slices)
+    return out[0] if hu.ndim == 2 else out

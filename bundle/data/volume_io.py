@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-_DTYPES = {"float32": np.float32, "int16": np.int16}
+_DTYPES = {"float32": np.float32, "int16": np.int16, "uint8": np.uint8}
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -131,8 +131,8 @@ def save_nifti(
         hu: HU volume.
         path: ``.nii`` or ``.nii.gz`` (compressed).
         affine: 4x4 RAS affine for ``(i, j, k)`` = (col, row, slice), e.g. ``CTVolume.affine_ras``.
-        dtype: ``"float32"`` (exact) or ``"int16"`` (HU rounded and clipped to the int16 range,
-            no scaling: what a scanner stores, half the size).
+        dtype: ``"float32"`` (exact), ``"int16"`` (HU rounded and clipped to the int16 range,
+            no scaling: what a scanner stores, half the size) or ``"uint8"`` (label maps).
     """
     import nibabel as nib
 
@@ -146,6 +146,8 @@ def save_nifti(
         raise ValueError(f"expected a (slices, rows, cols) volume, got shape {hu.shape}")
     if dtype == "int16":
         data = np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
+    elif dtype == "uint8":  # label maps
+        data = np.clip(np.rint(hu), 0, 255).astype(np.uint8)
     else:
         data = hu.astype(np.float32)
     affine = np.asarray(affine, dtype=np.float64)

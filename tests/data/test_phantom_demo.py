@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import time
 
 import numpy as np
@@ -91,8 +92,9 @@ def test_demo_writes_pairs_dicom_and_datalist(demo):
 
     datalist = json.loads((demo / "datalist.json").read_text())
     splits = {split: [e["patient"] for e in datalist[split]] for split in ("training", "validation", "test")}
-    assert sorted(sum(splits.values(), [])) == ["demo000", "demo001", "demo002"]
-    assert all(len(members) == 1 for members in splits.values())
+    assert sorted(sum(splits.values(), [])) == ["demo000", "demo001", "demo002", "qa000"]
+    assert [len(splits[k]) for k in ("training", "validation", "test")] == [1, 1, 2]
+    assert splits["test"][-1] == "qa000"  # the QA cylinder is a test volume
     for patient in ("demo000", "demo001", "demo002"):
         for member in ("source", "target"):
             assert (demo / f"{patient}_{member}.nii.gz").is_file()
@@ -100,7 +102,8 @@ def test_demo_writes_pairs_dicom_and_datalist(demo):
     test_entry = datalist["test"][0]
     patient = test_entry["patient"]
     assert test_entry["source"] == f"dicom/{patient}"
-    dicom_sources = [e for split in datalist.values() for e in split if e["source"].startswith("dicom/")]
+    dicom_sources = [e for split in ("training", "validation", "test") for e in datalist[split]
+                     if e["source"].startswith("dicom/")]
     assert len(dicom_sources) == 2  # the test patient and one training patient
 
     series = load_ct(demo / "dicom" / patient)
@@ -119,6 +122,39 @@ def test_demo_writes_pairs_dicom_and_datalist(demo):
     assert all((demo / f).is_file() for f in manifest["files"])
     for record in manifest["patients"].values():
         assert record["noise_sigma_source_hu"] > record["noise_sigma_target_hu"] > 0
+
+
+def test_demo_writes_what_the_simulation_knows(demo):
+    """Clean truth, labels and objects for every volume; a second full-dose realisation and the
+    dose sweep for the test volumes; all loadable through the datalist."""
+    from bundle.data.datalist import load_datalist
+    from bundle.data.phantom import LABELS
+    from bundle.data.volume_io import load_ct
+
+    datalist = json.loads((demo / "datalist.json").read_text())
+    assert {"test_dose0.5", "test_dose0.1", "test_dose0.05"} <= set(datalist)
+    tests = load_datalist(demo / "datalist.json", "test")
+    for entry in tests:
+        clean, target = load_ct(entry["clean"]).hu, load_ct(entry["target"]).hu
+        repeat, labels = load_ct(entry["target_repeat"]).hu, load_ct(entry["labels"]).hu
+        assert clean.shape == target.shape == repeat.shape == labels.shape
+        body = labels > 0
+        # two full-dose realisations: the same scan, independent noise of the same size
+        noise_a, noise_b = (target - clean)[body], (repeat - clean)[body]
+        assert abs(noise_a.std() - noise_b.std()) < 0.3 * noise_a.std()
+        assert abs(np.corrcoef(noise_a, noise_b)[0, 1]) < 0.2
+        objects = json.loads(Path(entry["objects"]).read_text())
+        if entry["patient"] == "qa000":
+            assert [i["name"] for i in objects["inserts"]] == ["air", "fat", "water", "soft tissue", "bone 700", "bone 1200"]
+            assert {d["contrast_hu"] for d in objects["lesions"]} == {5.0, 10.0, 15.0}
+            assert (labels == LABELS["water"]).any()
+    # the sweep's sources get noisier as the dose falls
+    sigma = {}
+    for dose in (0.5, 0.1, 0.05):
+        entry = next(e for e in load_datalist(demo / "datalist.json", f"test_dose{dose:g}") if e["patient"] == "qa000")
+        clean = load_ct(entry["clean"]).hu
+        sigma[dose] = float((load_ct(entry["source"]).hu - clean)[load_ct(entry["labels"]).hu == LABELS["water"]].std())
+    assert sigma[0.5] < sigma[0.1] < sigma[0.05]
 
 
 def test_demo_datalist_loads_with_the_datalist_module(demo):
