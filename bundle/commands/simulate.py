@@ -111,7 +111,8 @@ def find_inputs(root: Path, exclude: Path | None = None) -> tuple[list[Simulatio
     if root.is_file():
         return [SimulationInput(_strip_nifti(root.name), root)], []
 
-    found = find_ct_inputs(root, exclude=exclude)
+    # hidden names are not scans here: AppleDouble "._x.nii.gz", this tool's ".partial" folders
+    found = find_ct_inputs(root, exclude=exclude, skip_hidden=True)
     inputs = [
         SimulationInput(_flat_name((path.parent / _strip_nifti(path.name)).relative_to(root), root.name), path)
         for path in found.nifti

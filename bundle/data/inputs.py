@@ -40,27 +40,37 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")  # ".DS_Store", AppleDouble "._scan.nii.gz", ".partial" folders
 
 
-def nifti_files(root: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Path]:
-    """NIfTI files at or under ``root`` in a deterministic order, hidden names and ``exclude``
-    (e.g. an output folder inside the input) left out."""
+def nifti_files(root: str | os.PathLike, exclude: str | os.PathLike | None = None, *,
+                skip_hidden: bool = False) -> list[Path]:
+    """NIfTI files at or under ``root`` in a deterministic order, ``exclude`` (e.g. an output
+    folder inside the input) left out, and with ``skip_hidden`` names starting with ``.`` too."""
     root = Path(root)
     if root.is_file():
         return [root] if is_nifti(root) else []
+
+    def kept(name: str) -> bool:
+        return not (skip_hidden and _hidden(name))
+
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if not _hidden(d) and not is_within(here / d, exclude))
-        found += [here / name for name in sorted(filenames) if not _hidden(name) and is_nifti(name)]
+        dirnames[:] = sorted(d for d in dirnames if kept(d) and not is_within(here / d, exclude))
+        found += [here / name for name in sorted(filenames) if kept(name) and is_nifti(name)]
     return found
 
 
-def find_ct_inputs(root: str | os.PathLike, exclude: str | os.PathLike | None = None) -> FoundInputs:
+def find_ct_inputs(root: str | os.PathLike, exclude: str | os.PathLike | None = None, *,
+                   skip_hidden: bool = False) -> FoundInputs:
     """NIfTI files and DICOM series at or under ``root`` (headers only: nothing is decoded).
+
+    ``skip_hidden`` leaves out NIfTI files with a hidden name or under a hidden folder; it is off
+    for the batch tool and ``input_dir``, which list such a file (a macOS ``._scan.nii.gz`` fails
+    with its reason in the summary rather than vanishing). DICOM discovery reads every file.
 
     Raises ``FileNotFoundError`` when ``root`` does not exist.
     """
     root = Path(root)
-    nifti = nifti_files(root, exclude)
+    nifti = nifti_files(root, exclude, skip_hidden=skip_hidden)
     series, problems = discover_series(root)
     if exclude is not None:
         for info in series:

@@ -21,6 +21,9 @@ from bundle.dicom.volume import CTVolume, DicomSeriesError
 
 __all__ = ["read_series"]
 
+# Positions and cosines are decimal strings written with 6-16 digits; the tolerances here and in
+# discovery are far above rounding noise and far below a real defect (a missing slice is a 100 %
+# gap error).
 _DUPLICATE_MM = 0.01  # two slices closer than this along the normal are the same position
 
 
