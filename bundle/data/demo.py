@@ -215,8 +215,9 @@ def make_demo_dataset(
             clean = noise_free_scan(phantom.hu, spacing, executor=executor)
             save_nifti(clean, out / names["clean"], affine, dtype="float32")
             save_nifti(phantom.labels, out / names["labels"], affine, dtype="uint8")
-            atomic_write_json(out / names["objects"], {
-                "spacing_mm": list(spacing), "lesions": phantom.lesions, "inserts": phantom.inserts,
+            atomic_write_json(out / names["objects"], {  # voxel centres are (slice, row, col) of the files
+                "affine_ras": affine.tolist(), "spacing_mm": list(spacing),
+                "lesions": phantom.lesions, "inserts": phantom.inserts,
             })
             extra: dict[str, str] = {}
             if split_of[patient] == "test":

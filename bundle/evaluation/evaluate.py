@@ -12,7 +12,9 @@ the rows; :mod:`bundle.evaluation.report` writes the files.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -24,6 +26,7 @@ from tqdm.auto import tqdm
 
 from bundle.evaluation import report
 from bundle.evaluation.methods import Method, Pair
+from bundle.evaluation.physics import Truth, VolumePhysics, objects_in_layout
 from bundle.metrics import (
     METRIC_WINDOWS,
     PSNR_CAP,
@@ -36,20 +39,32 @@ from bundle.metrics import (
 )
 from bundle.utils.names import safe_name
 
-__all__ = ["Evaluation", "as_pair", "panel_slice"]
+__all__ = ["Evaluation", "as_pair", "panel_slice", "summarise_physics", "sweep_datasets"]
 
 logger = logging.getLogger(__name__)
 
 SOFT_TISSUE = (-160.0, 240.0)
 def as_pair(item: dict, index: int = 0) -> Pair:
-    """A transformed datalist item -> :class:`Pair`: plain float32 tensors ``(1, S, H, W)`` in HU."""
+    """A transformed datalist item -> :class:`Pair`: plain float32 tensors ``(1, S, H, W)`` in HU,
+    with the simulation's truth (``clean``, ``labels``, ``target_repeat``, ``objects``) when the
+    item has it."""
 
     def plain(x):
+        if x is None:
+            return None
         x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
         return x.float().contiguous()
 
+    target = item["target"]
+    affine = np.asarray(target.affine, dtype=np.float64) if hasattr(target, "affine") else None
+    spacing = tuple(float(v) for v in target.pixdim) if hasattr(target, "pixdim") else None
+    objects = None
+    if item.get("objects"):
+        objects = json.loads(Path(item["objects"]).read_text())
     patient = item.get("patient") or Path(str(item.get("source_path", f"volume{index:03d}"))).name
-    return Pair(patient=str(patient), source=plain(item["source"]), target=plain(item["target"]))
+    return Pair(patient=str(patient), source=plain(item["source"]), target=plain(target),
+                clean=plain(item.get("clean")), labels=plain(item.get("labels")), repeat=plain(item.get("target_repeat")),
+                objects=objects, affine=affine, spacing=spacing)
 
 
 def panel_slice(target_hu: torch.Tensor) -> int:
@@ -78,6 +93,13 @@ class Evaluation:
         difference_max: HU at the top of the |difference| colour scale.
         settings: anything to record in the report (model file, datalist, sampler settings).
         progress: show tqdm bars.
+        physics: also the physicists' measures (:mod:`bundle.evaluation.physics`): against the
+            clean truth, HU per class and insert, noise texture, TTF, lesion detectability, and a
+            ``full_dose`` row (the second full-dose realisation when the datalist has one).
+        sweep: ``{dose: test data}`` of other doses; each is scored with ``sweep_methods``.
+        sweep_methods: names of the rows run at every sweep dose (default: all but the slow ones
+            you leave out here).
+        dose: the dose of ``test_data`` (a point of the sweep).
     """
 
     def __init__(
@@ -95,6 +117,10 @@ class Evaluation:
         difference_max: float = 100.0,
         settings: dict[str, Any] | None = None,
         progress: bool = True,
+        physics: bool = True,
+        sweep: dict | None = None,
+        sweep_methods: Sequence[str] | None = None,
+        dose: float | None = None,
     ) -> None:
         names = [m.name for m in methods]
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -115,6 +141,10 @@ class Evaluation:
         self.difference_max = float(difference_max)
         self.settings = dict(settings or {})
         self.progress = progress
+        self.physics = physics
+        self.sweep = {float(k): v for k, v in (sweep or {}).items()}
+        self.sweep_methods = list(sweep_methods) if sweep_methods is not None else None
+        self.dose = dose
 
     # --- helpers ------------------------------------------------------------------------------
     def _pairs(self, data, limit: int | None) -> Iterator[Pair]:
@@ -127,6 +157,22 @@ class Evaluation:
     def score(self, pred_hu: torch.Tensor, target_hu: torch.Tensor, flat_mask=None) -> dict[str, dict[str, float]]:
         """One volume's metrics in every window: ``{window name: {metric: value}}``."""
         return window_metrics(pred_hu, target_hu, self.windows, self.min_tissue_fraction, flat_mask=flat_mask)
+
+    def volume_physics(self, pair: Pair) -> VolumePhysics | None:
+        """The physicists' measures of one test volume (None when switched off)."""
+        if not self.physics:
+            return None
+        spacing = pair.spacing or (1.0, 1.0, 1.0)
+        lesions, inserts = ([], [])
+        if pair.objects is not None and pair.affine is not None:
+            lesions, inserts = objects_in_layout(pair.objects, pair.affine)
+
+        def array(x):
+            return None if x is None else x[0].numpy()
+
+        truth = Truth(pixel_mm=float(spacing[1]), slice_mm=float(spacing[0]), clean=array(pair.clean),
+                      labels=array(pair.labels), repeat=array(pair.repeat), lesions=lesions, inserts=inserts)
+        return VolumePhysics(pair.target[0].numpy(), truth, self.windows, self.min_tissue_fraction)
 
     # --- the run ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -145,6 +191,10 @@ class Evaluation:
             }
             if status is not None:
                 logger.info("%s: %s", method.name, status)
+            if method.name == "identity" and self.physics:
+                rows["full_dose"] = {"status": "ok", "kind": "FullDose", "uses_target": True, "per_volume": {},
+                                     "seconds": [], "settings": {"what": "an independent full-dose scan (the "
+                                     "second realisation) where the datalist has one, else the target itself"}}
         ready = [m for m in self.methods if rows[m.name]["status"] == "ok"]
 
         validation: list[Pair] = []
@@ -164,6 +214,14 @@ class Evaluation:
             flat = flat_region_mask(pair.target)
             index = panel_slice(pair.target)
             shown: dict[str, dict[str, np.ndarray | None]] = {}
+            physics = self.volume_physics(pair)
+            outputs: dict[str, np.ndarray] = {"input": pair.source[0].numpy()}
+            if physics is not None and "full_dose" in rows:
+                full = pair.repeat if pair.repeat is not None else pair.target
+                rows["full_dose"]["per_volume"][pair.patient] = self.score(full, pair.target, flat)
+                rows["full_dose"].setdefault("physics", {})[pair.patient] = physics.measure(full)
+                rows["full_dose"]["seconds"].append(0.0)
+                outputs["full dose"] = full[0].numpy()
             for method in self._bar(ready, desc=pair.patient, unit="method", leave=False):
                 if rows[method.name]["status"] != "ok":
                     continue  # failed on an earlier volume
@@ -178,6 +236,9 @@ class Evaluation:
                 pred = result.hu.detach().float().cpu().reshape(pair.target.shape)
                 rows[method.name]["per_volume"][pair.patient] = self.score(pred, pair.target, flat)
                 rows[method.name]["seconds"].append(seconds)
+                if physics is not None:
+                    rows[method.name].setdefault("physics", {})[pair.patient] = physics.measure(pred)
+                    outputs[method.name] = pred[0].numpy()
                 uncertainty = result.uncertainty
                 key = rows[method.name]["per_volume"][pair.patient][window_name(self.key_window)]
                 shown[method.name] = {
@@ -193,6 +254,13 @@ class Evaluation:
                 note=f"row labels: the volume's mean per-slice PSNR / SSIM in {window_name(self.key_window)}",
             )
             panels.append(str(panel_path.relative_to(self.output_dir)))
+            figures = []
+            if physics is not None:
+                figures = report.save_physics_figures(
+                    self.output_dir / "panels", pair.patient, index, outputs, pair.target[0].numpy(),
+                    physics, {name: row.get("physics", {}).get(pair.patient) for name, row in rows.items()},
+                    output_dir=self.output_dir,
+                )
             test_volumes.append({
                 "patient": pair.patient,
                 "shape": list(pair.target.shape[1:]),
@@ -201,6 +269,7 @@ class Evaluation:
                 # biased low (the mask is where the target is flattest), but a useful reference:
                 # an output far below it is smoothing more than the full-dose scan has noise
                 "target_noise_sigma": noise_sigma(pair.target, flat),
+                "figures": figures,
             })
         if not test_volumes:
             raise ValueError("no test pairs: the datalist's 'test' list is empty.")
@@ -211,6 +280,8 @@ class Evaluation:
             volumes = list(row["per_volume"].values())
             row["metrics"] = {w: mean_metrics([v[w] for v in volumes]) for w in volumes[0]}
             row["seconds_per_volume"] = sum(row["seconds"]) / len(row["seconds"])
+            if row.get("physics"):
+                row["physics_summary"] = summarise_physics(list(row["physics"].values()))
 
         results = {
             "windows": [window_name(w) for w in self.windows],
@@ -224,14 +295,110 @@ class Evaluation:
             "settings": self.settings,
             "methods": rows,
             "panels": panels,
+            "dose": self.dose,
             "seconds_total": None,
         }
+        if self.sweep:
+            results["sweep"] = self.run_sweep(rows)
+            results["sweep_plot"] = report.save_sweep_plot(self.output_dir / "dose_sweep.png", results)
         results["plot"] = report.save_steps_plot(self.output_dir / "psnr_vs_steps.png", results, self.methods)
         results["seconds_total"] = time.perf_counter() - start
         report.write_report(self.output_dir, results)
         return results
 
+    def run_sweep(self, rows: dict[str, dict]) -> dict[str, dict[str, dict]]:
+        """The sweep doses' test sets through ``sweep_methods`` (already tuned): ``{dose: {row:
+        summary}}``, with the main test set's rows at its own dose."""
+        names = self.sweep_methods or [m.name for m in self.methods]
+        chosen = [m for m in self.methods if m.name in names and rows.get(m.name, {}).get("status") == "ok"]
+        sweep: dict[str, dict[str, dict]] = {}
+        if self.dose is not None:
+            sweep[f"{self.dose:g}"] = {
+                name: _sweep_summary(rows[name]) for name in ["identity", "full_dose", *names] if name in rows
+                and rows[name].get("status") == "ok" and "metrics" in rows[name]
+            }
+        for dose, data in sorted(self.sweep.items(), reverse=True):
+            per_row: dict[str, dict] = {name: {"per_volume": {}, "physics": {}} for name in ["identity", *[m.name for m in chosen]]}
+            for pair in self._bar(self._pairs(data, self.max_test_volumes), desc=f"dose {dose:g}", unit="volume",
+                                  total=self._count(data, self.max_test_volumes)):
+                physics = self.volume_physics(pair)
+                flat = flat_region_mask(pair.target)
+                candidates = [("identity", lambda p=pair: p.source)] + [
+                    (m.name, lambda m=m, p=pair: m.enhance(p.source, p.target if m.uses_target else None).hu)
+                    for m in chosen if m.name != "identity"
+                ]
+                for name, make in candidates:
+                    pred = make().detach().float().cpu().reshape(pair.target.shape)
+                    per_row[name]["per_volume"][pair.patient] = self.score(pred, pair.target, flat)
+                    if physics is not None:
+                        per_row[name]["physics"][pair.patient] = physics.measure(pred)
+            summaries = {}
+            for name, row in per_row.items():
+                volumes = list(row["per_volume"].values())
+                row["metrics"] = {w: mean_metrics([v[w] for v in volumes]) for w in volumes[0]} if volumes else {}
+                if row["physics"]:
+                    row["physics_summary"] = summarise_physics(list(row["physics"].values()))
+                summaries[name] = _sweep_summary(row)
+            sweep[f"{dose:g}"] = summaries
+        return sweep
+
     @staticmethod
     def _count(data, limit):
         n = len(data)
         return n if limit is None else min(n, limit)
+
+
+def _nanmean(values) -> float:
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+def summarise_physics(volumes: list[dict]) -> dict[str, Any]:
+    """Means over test volumes of the physicists' measures (each volume counts once; a volume
+    without a measure, e.g. no QA insert, leaves it out)."""
+    out: dict[str, Any] = {}
+    with_clean = [v["vs_clean"] for v in volumes if "vs_clean" in v]
+    if with_clean:
+        out["vs_clean"] = {w: mean_metrics([v[w] for v in with_clean]) for w in with_clean[0]}
+    classes = sorted({c for v in volumes for c in v.get("hu", {})})
+    out["hu"] = {c: {k: _nanmean(v["hu"][c][k] for v in volumes if c in v.get("hu", {})) for k in ("bias", "rmse")}
+                 for c in classes}
+    inserts = sorted({i for v in volumes for i in v.get("inserts", {})})
+    if inserts:
+        out["inserts"] = {i: {k: _nanmean(v["inserts"][i][k] for v in volumes if i in v.get("inserts", {}))
+                              for k in ("bias", "rmse")} for i in inserts}
+    for group, keys in (("noise", ("sigma", "sigma_rel", "nps_mean_frequency", "nps_mean_frequency_rel")),
+                        ("ttf50", ("mean", "mean_rel")),
+                        ("lesion_summary", ("cnr", "d_prime", "cnr_rel", "d_prime_rel"))):
+        present = [v[group] for v in volumes if group in v]
+        if present:
+            out[group] = {k: _nanmean(p.get(k) for p in present) for k in keys}
+    return out
+
+
+def _sweep_summary(row: dict) -> dict[str, Any]:
+    """The numbers of one row that the dose sweep plots."""
+    physics = row.get("physics_summary", {})
+    out = {"metrics": row.get("metrics", {})}
+    for key in ("vs_clean", "noise", "ttf50", "lesion_summary", "hu"):
+        if key in physics:
+            out[key] = physics[key]
+    return out
+
+
+def sweep_datasets(datalist: str | Path, doses, transform) -> dict[float, Any]:
+    """``{dose: dataset}`` of the datalist's ``test_dose<d>`` lists (``ctv2v demo-data`` writes
+    them); a dose without a list is left out with one log line."""
+    import bundle.data.datalist
+    from bundle.data.transforms import make_dataset
+
+    out = {}
+    for dose in doses or ():
+        key = f"test_dose{float(dose):g}"
+        try:
+            items = bundle.data.datalist.load_datalist(datalist, key)
+        except KeyError:
+            logger.info("dose sweep: the datalist has no %r list; dose %g left out", key, float(dose))
+            continue
+        out[float(dose)] = make_dataset(items, transform=transform, cache="none")
+    return out

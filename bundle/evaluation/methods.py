@@ -30,11 +30,23 @@ __all__ = ["DiffusionSampling", "Identity", "Method", "ModelCeiling", "Pair", "V
 
 @dataclass
 class Pair:
-    """One test or validation pair on its original voxel grid, HU, ``(1, S, H, W)`` float32."""
+    """One test or validation pair on its original voxel grid, HU, ``(1, S, H, W)`` float32.
+
+    What a simulation knows comes along when the datalist has it: ``clean`` (noise-free truth),
+    ``labels`` (tissue labels), ``repeat`` (a second full-dose realisation), ``objects`` (the
+    lesions and QA inserts JSON); ``affine`` maps this grid's voxels to RAS mm and ``spacing`` is
+    ``(slice_mm, row_mm, col_mm)``.
+    """
 
     patient: str
     source: torch.Tensor
     target: torch.Tensor
+    clean: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    repeat: torch.Tensor | None = None
+    objects: dict | None = None
+    affine: Any = None
+    spacing: tuple[float, float, float] | None = None
 
 
 class Method:

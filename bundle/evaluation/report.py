@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from bundle.utils.io import atomic_path, atomic_write_json, atomic_write_text
+from bundle.utils.names import safe_name
 from bundle.utils.plain import plain
 
-__all__ = ["save_panel", "save_steps_plot", "write_report"]
+__all__ = ["save_panel", "save_physics_figures", "save_steps_plot", "save_sweep_plot", "write_report"]
 
 METRIC_COLUMNS = (
     ("psnr", "PSNR (dB)", "{:.2f}"),
@@ -101,6 +102,193 @@ def save_panel(
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     _save_figure(fig, Path(path))
     plt.close(fig)
+
+
+WIDE_WINDOW = (-1000.0, 1500.0)  # lung to dense bone: where a soft-window panel hides bone errors
+ERROR_MAX_HU = 100.0
+
+
+def _crop(image: np.ndarray, centre, half: int) -> np.ndarray:
+    r, c = (int(round(v)) for v in centre)
+    r = min(max(r, half), image.shape[0] - half)
+    c = min(max(c, half), image.shape[1] - half)
+    return image[r - half : r + half, c - half : c + half]
+
+
+def save_physics_figures(folder: Path, patient: str, slice_index: int, outputs: dict[str, np.ndarray],
+                         target: np.ndarray, physics, measures: dict[str, dict | None], output_dir: Path) -> list[str]:
+    """Per test volume: the NPS curves of every row, the outputs in a wide window with their HU
+    error maps, and zoomed ROIs (a lesion, a bone edge). Returns the paths relative to
+    ``output_dir``."""
+    plt = _pyplot()
+    folder = Path(folder)
+    stem = safe_name(patient, "volume", max_length=80)
+    written = []
+
+    curves = {name: m["noise"] for name, m in measures.items() if m and "noise" in m}
+    if curves:
+        fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=90)
+        for name, noise in curves.items():
+            style = {"identity": "k--", "full_dose": "k-"}.get(name, "-")
+            ax.plot(noise["nps_frequency"], noise["nps"], style, label=f"{name} (σ {noise['sigma']:.1f} HU)")
+        ax.set_xlabel("spatial frequency (cycles/mm)")
+        ax.set_ylabel("NPS (HU² mm²)")
+        ax.set_yscale("log")
+        ax.set_title(f"{patient}: noise power spectrum in flat ROIs", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = folder / f"{stem}_nps.png"
+        _save_figure(fig, path)
+        plt.close(fig)
+        written.append(str(path.relative_to(output_dir)))
+
+    reference = physics.reference
+    names = list(outputs)
+    fig, axes = plt.subplots(2, len(names), figsize=(2.1 * len(names), 4.6), dpi=80, squeeze=False)
+    what = "clean truth" if physics.truth.clean is not None else "full-dose scan"
+    fig.suptitle(f"{patient}, slice {slice_index}: window [{WIDE_WINDOW[0]:g}, {WIDE_WINDOW[1]:g}] HU (top), "
+                 f"error against the {what}, ±{ERROR_MAX_HU:g} HU (bottom)", fontsize=8)
+    for c, name in enumerate(names):
+        image = outputs[name][slice_index]
+        axes[0, c].imshow(image, cmap="gray", vmin=WIDE_WINDOW[0], vmax=WIDE_WINDOW[1], interpolation="nearest")
+        axes[1, c].imshow(image - reference[slice_index], cmap="RdBu_r", vmin=-ERROR_MAX_HU, vmax=ERROR_MAX_HU,
+                          interpolation="nearest")
+        axes[0, c].set_title(name, fontsize=8)
+        for r in range(2):
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    path = folder / f"{stem}_wide.png"
+    _save_figure(fig, path)
+    plt.close(fig)
+    written.append(str(path.relative_to(output_dir)))
+
+    rois = []  # (title, slice, centre, window)
+    lesions = [lesion for lesion in physics.truth.lesions if lesion["radius_mm"] >= 2.5]
+    if lesions:
+        lesion = max(lesions, key=lambda item: (item["radius_mm"], -abs(item["contrast_hu"])))
+        s = slice_index if lesion.get("through_slices") else int(round(lesion["centre"][0]))
+        rois.append((f"lesion {lesion['contrast_hu']:+.0f} HU, r {lesion['radius_mm']:.1f} mm", s,
+                     lesion["centre"][1:], (-160.0, 240.0)))
+    bone = [i for i in physics.truth.inserts if i["hu"] >= 1000]
+    if bone:
+        insert = bone[0]
+        rois.append((f"{insert['name']} edge", slice_index,
+                     (insert["centre"][0], insert["centre"][1] + insert["radius_mm"] / physics.truth.pixel_mm), WIDE_WINDOW))
+    elif physics.truth.labels is not None:
+        from bundle.data.phantom import LABELS
+
+        bone_mask = np.rint(physics.truth.labels[slice_index]) == LABELS["bone"]
+        if bone_mask.any():
+            edge = bone_mask & ~np.roll(bone_mask, 1, axis=1)
+            r, c = np.argwhere(edge)[len(np.argwhere(edge)) // 2]
+            rois.append(("bone edge", slice_index, (r, c), WIDE_WINDOW))
+    if rois:
+        half = max(8, min(16, target.shape[1] // 8))
+        fig, axes = plt.subplots(len(rois), len(names), figsize=(1.7 * len(names), 1.9 * len(rois) + 0.3),
+                                 dpi=90, squeeze=False)
+        for r, (title, s, centre, window) in enumerate(rois):
+            for c, name in enumerate(names):
+                axes[r, c].imshow(_crop(outputs[name][s], centre, half), cmap="gray", vmin=window[0], vmax=window[1],
+                                  interpolation="nearest")
+                axes[r, c].set_xticks([])
+                axes[r, c].set_yticks([])
+                if r == 0:
+                    axes[r, c].set_title(name, fontsize=8)
+            axes[r, 0].set_ylabel(f"{title}\n[{window[0]:g}, {window[1]:g}]", fontsize=7)
+        fig.tight_layout()
+        path = folder / f"{stem}_zoom.png"
+        _save_figure(fig, path)
+        plt.close(fig)
+        written.append(str(path.relative_to(output_dir)))
+    return written
+
+
+SWEEP_MEASURES = (
+    ("key-window PSNR against clean truth (dB)", lambda r, key: r.get("vs_clean", {}).get(key, {}).get("psnr")),
+    ("noise σ relative to full dose", lambda r, key: r.get("noise", {}).get("sigma_rel")),
+    ("NPS mean frequency relative to full dose", lambda r, key: r.get("noise", {}).get("nps_mean_frequency_rel")),
+    ("TTF50 relative to full dose", lambda r, key: r.get("ttf50", {}).get("mean_rel")),
+    ("lesion d' (NPW)", lambda r, key: r.get("lesion_summary", {}).get("d_prime")),
+)
+
+
+def save_sweep_plot(path: Path, results: dict[str, Any]) -> str:
+    """One panel per measure against dose, a line per row."""
+    plt = _pyplot()
+    sweep = results["sweep"]
+    doses = sorted(sweep, key=float)
+    rows = sorted({name for d in doses for name in sweep[d]})
+    fig, axes = plt.subplots(1, len(SWEEP_MEASURES), figsize=(3.6 * len(SWEEP_MEASURES), 3.6), dpi=80)
+    for ax, (title, value) in zip(axes, SWEEP_MEASURES):
+        for name in rows:
+            points = [(float(d), value(sweep[d][name], results["key_window"])) for d in doses if name in sweep[d]]
+            points = [(d, v) for d, v in points if v is not None and math.isfinite(v)]
+            if points:
+                ax.plot(*zip(*points), "o-", label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("dose fraction")
+        ax.set_title(title, fontsize=8)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    _save_figure(fig, Path(path))
+    plt.close(fig)
+    return Path(path).name
+
+
+def physics_tables(results: dict[str, Any]) -> list[str]:
+    """The report's sections of the physicists' measures (means over test volumes)."""
+    rows = {name: row["physics_summary"] for name, row in results["methods"].items()
+            if row["status"] == "ok" and row.get("physics_summary")}
+    if not rows:
+        return []
+    key = results["key_window"]
+    lines = []
+    if any("vs_clean" in r for r in rows.values()):
+        lines += [f"## Against the clean truth (noise-free scan), key window {key} HU", "",
+                  "| method | PSNR (dB) | SSIM | RMSE (HU) |", "|---|---|---|---|"]
+        for name, r in rows.items():
+            m = r.get("vs_clean", {}).get(key)
+            if m:
+                lines.append(f"| {name} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['rmse']:.2f} |")
+        lines.append("")
+    classes = sorted({c for r in rows.values() for c in r.get("hu", {})}, key=lambda c: ["air", "lung", "fat", "soft tissue", "bone"].index(c) if c in ["air", "lung", "fat", "soft tissue", "bone"] else 9)
+    if classes:
+        lines += ["## HU accuracy per tissue class: bias / RMSE (HU)", "",
+                  "| method | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
+        for name, r in rows.items():
+            cells = [f"{r['hu'][c]['bias']:+.1f} / {r['hu'][c]['rmse']:.1f}" if c in r.get("hu", {}) else "" for c in classes]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    inserts = sorted({i for r in rows.values() for i in r.get("inserts", {})})
+    if inserts:
+        lines += ["## QA inserts: bias (HU) in the central 60 %", "", "| method | " + " | ".join(inserts) + " |",
+                  "|---" * (len(inserts) + 1) + "|"]
+        for name, r in rows.items():
+            cells = [f"{r['inserts'][i]['bias']:+.1f}" if i in r.get("inserts", {}) else "" for i in inserts]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Noise, texture, resolution, low contrast", "",
+              "| method | noise σ (HU) | σ / full dose | NPS mean freq (1/mm) | / full dose | TTF50 (lp/mm) | / full dose "
+              "| lesion CNR | lesion d' | d' / full dose | flag |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        noise, ttf, lesion = r.get("noise", {}), r.get("ttf50", {}), r.get("lesion_summary", {})
+        flag = ""
+        if noise.get("nps_mean_frequency_rel", 1) < 0.85 and noise.get("sigma_rel", 1) < 0.6:
+            flag = "oversmoothed: less noise than full dose, coarser texture"
+        lines.append(
+            f"| {name} | {_fmt(noise.get('sigma'), '{:.2f}')} | {_fmt(noise.get('sigma_rel'), '{:.2f}')} | "
+            f"{_fmt(noise.get('nps_mean_frequency'), '{:.3f}')} | {_fmt(noise.get('nps_mean_frequency_rel'), '{:.2f}')} | "
+            f"{_fmt(ttf.get('mean'), '{:.3f}')} | {_fmt(ttf.get('mean_rel'), '{:.2f}')} | {_fmt(lesion.get('cnr'), '{:.2f}')} | "
+            f"{_fmt(lesion.get('d_prime'), '{:.2f}')} | {_fmt(lesion.get('d_prime_rel'), '{:.2f}')} | {flag} |"
+        )
+    lines += ["", "Noise: the output minus the clean truth in flat ROIs (the full-dose row: its own noise); NPS mean "
+              "frequency: power-weighted over the 2D spectrum. TTF50: at the edges of the QA inserts of at least "
+              "100 HU contrast. Lesions: the demo's liver lesions and the QA discs; d' of the non-prewhitening "
+              "observer with the measured contrast, the row's NPS and (QA) its TTF. Means over the test volumes "
+              "that have each measure.", ""]
+    return lines
 
 
 def save_steps_plot(path: Path, results: dict[str, Any], methods) -> str:
@@ -185,6 +373,9 @@ def write_report(output_dir: Path, results: dict[str, Any]) -> None:
     output_dir = Path(output_dir)
     metrics = {name: row["metrics"] for name, row in results["methods"].items() if row["status"] == "ok"}
     atomic_write_json(output_dir / "metrics.json", plain(metrics))
+    physics = {name: row["physics_summary"] for name, row in results["methods"].items() if row.get("physics_summary")}
+    if physics:
+        atomic_write_json(output_dir / "physics.json", plain({"methods": physics, "sweep": results.get("sweep")}))
     atomic_write_json(output_dir / "evaluation.json", plain(results))
 
     settings = results["settings"]
@@ -205,7 +396,11 @@ def write_report(output_dir: Path, results: dict[str, Any]) -> None:
     ]
     for window in results["windows"]:
         marker = " (key window)" if window == results["key_window"] else ""
-        lines += [f"## Window {window} HU{marker}", ""] + metrics_table(results, window) + [""]
+        lines += [f"## Window {window} HU{marker}", "", "Against the full-dose scan (itself noisy).", ""]
+        lines += metrics_table(results, window) + [""]
+    lines += physics_tables(results)
+    if results.get("sweep_plot"):
+        lines += ["## Dose sweep", "", f"![measures against dose]({results['sweep_plot']})", ""]
     lines += [
         "## Protocol",
         "",
@@ -245,5 +440,6 @@ def write_report(output_dir: Path, results: dict[str, Any]) -> None:
     for volume, panel in zip(volumes, results["panels"]):
         lines += [f"### {volume['patient']} (slice {volume['panel_slice']}, window {results['panel_window']} HU)", "",
                   f"![{volume['patient']}]({panel})", ""]
+        lines += [f"![{volume['patient']} {Path(figure).stem}]({figure})" for figure in volume.get("figures", [])] + [""]
     atomic_write_text(output_dir / "report.md", "\n".join(line for line in lines if line is not None) + "\n")
 

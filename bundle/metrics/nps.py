@@ -63,19 +63,26 @@ class NoisePowerSpectrum:
 
 def square_rois(noise: np.ndarray, mask: np.ndarray, size: int, max_rois: int | None = None) -> np.ndarray:
     """``(N, size, size)`` non-overlapping ROIs of ``noise`` (slices, rows, cols) lying wholly
-    inside ``mask``, scanned slice by slice on a grid of step ``size``; empty when none fits."""
+    inside ``mask``: per slice, candidate positions on a grid of step ``size // 4`` are taken
+    greedily, row by row, skipping any that overlaps one already taken. Empty when none fits."""
     noise = np.asarray(noise, dtype=np.float64)
     mask = np.asarray(mask, dtype=bool)
     if noise.shape != mask.shape or noise.ndim != 3:
         raise ValueError(f"noise {noise.shape} and mask {mask.shape} must be one (slices, rows, cols) shape")
     rois = []
     _, rows, cols = noise.shape
+    step = max(1, size // 4)
     for k in range(noise.shape[0]):
         if not mask[k].any():
             continue
-        for r in range(0, rows - size + 1, size):
-            for c in range(0, cols - size + 1, size):
-                if mask[k, r : r + size, c : c + size].all():
+        # a window lies inside the mask when the mask's sum over it is size^2 (summed-area table)
+        table = np.pad(mask[k].astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        inside = (table[size:, size:] - table[:-size, size:] - table[size:, :-size] + table[:-size, :-size]) == size * size
+        taken = np.zeros((rows, cols), bool)
+        for r in range(0, rows - size + 1, step):
+            for c in range(0, cols - size + 1, step):
+                if inside[r, c] and not taken[r : r + size, c : c + size].any():
+                    taken[r : r + size, c : c + size] = True
                     rois.append(noise[k, r : r + size, c : c + size])
                     if max_rois is not None and len(rois) >= max_rois:
                         return np.stack(rois)

@@ -87,7 +87,8 @@ def evaluation_run(tiny_dataset, tiny_model, tmp_path_factory):
 def test_outputs_of_the_run(evaluation_run):
     out = evaluation_run
     metrics = json.loads((out / "metrics.json").read_text())
-    rows = ["identity", "vae_ceiling", "no_diffusion", "gaussian", "nlm", "redcnn", "ddim_2", "ddim_1", "ddim_2_strength_0.5", "ddim_1_mean_of_2"]
+    rows = ["identity", "full_dose", "vae_ceiling", "no_diffusion", "gaussian", "nlm", "redcnn", "ddim_2", "ddim_1",
+            "ddim_2_strength_0.5", "ddim_1_mean_of_2"]
     assert list(metrics) == rows  # bm3d is not a dependency: its row is a status, not numbers
     for row in rows:
         assert list(metrics[row]) == ["[-1024,3072]", "[-1000,1000]", "[-160,240]"]
@@ -104,15 +105,53 @@ def test_outputs_of_the_run(evaluation_run):
         assert f"## Window {window} HU" in report
     assert "| identity |" in report and "| vae_ceiling |" in report and "s / volume" in report
     assert "ctv2v evaluate" in report  # the command that made it
+    for section in ("## Against the clean truth", "## HU accuracy per tissue class", "## QA inserts",
+                    "## Noise, texture, resolution, low contrast", "## Dose sweep"):
+        assert section in report, section
+
+    physics = json.loads((out / "physics.json").read_text())
+    for row in ("identity", "full_dose", "nlm"):
+        summary = physics["methods"][row]
+        assert {"vs_clean", "hu", "inserts", "noise", "ttf50", "lesion_summary"} <= set(summary), row
+        assert set(summary["hu"]) == {"air", "lung", "fat", "soft tissue", "bone"} or {"air", "soft tissue"} <= set(summary["hu"])
+    # the input is noisier than full dose, with its texture; smoothing filters lower the noise
+    assert physics["methods"]["identity"]["noise"]["sigma_rel"] > 1.2
+    assert physics["methods"]["gaussian"]["noise"]["sigma"] < physics["methods"]["identity"]["noise"]["sigma"]
+    assert physics["methods"]["gaussian"]["noise"]["nps_mean_frequency_rel"] < physics["methods"]["identity"]["noise"]["nps_mean_frequency_rel"]
+    assert sorted(physics["sweep"], key=float) == ["0.05", "0.1", "0.25", "0.5"]
+    sigma = [physics["sweep"][d]["identity"]["noise"]["sigma"] for d in ("0.5", "0.25", "0.1", "0.05")]
+    assert sigma == sorted(sigma)  # lower dose, more noise
 
     from PIL import Image
 
     panels = sorted((out / "panels").glob("*.png"))
-    assert [p.name for p in panels] == [f"{v['patient']}.png" for v in full["test_volumes"]]
-    for png in panels + [out / "psnr_vs_steps.png"]:
+    expected = sorted(f"{v['patient']}{suffix}.png" for v in full["test_volumes"] for suffix in ("", "_nps", "_wide", "_zoom"))
+    assert [p.name for p in panels] == expected
+    for png in panels + [out / "psnr_vs_steps.png", out / "dose_sweep.png"]:
         with Image.open(png) as image:
             assert image.size[0] > 300 and image.size[1] > 200
     assert not list(out.rglob(".*.tmp*"))  # atomic writes leave no temporary files
+
+
+def test_the_clean_truth_scores_perfectly_and_a_shift_is_its_bias(tiny_dataset):
+    """The physics of one QA volume: an output equal to the clean truth has no HU error anywhere
+    and the capped PSNR against it; a shifted truth has the shift as its bias in every class and
+    insert; the full-dose scan's TTF50 is finite at the bone inserts."""
+    from bundle.evaluation.evaluate import Evaluation
+
+    pair = next(p for p in test_pairs(tiny_dataset) if p.patient == "qa000")
+    physics = Evaluation([], [], "unused").volume_physics(pair)
+    clean = pair.clean[0].numpy()
+    perfect = physics.measure(clean)
+    assert all(v["bias"] == 0 and v["rmse"] == 0 for v in perfect["hu"].values())
+    assert all(v["bias"] == 0 for v in perfect["inserts"].values())
+    assert all(m["psnr"] == PSNR_CAP for m in perfect["vs_clean"].values())
+    shifted = physics.measure(clean + 5.0)
+    assert all(abs(v["bias"] - 5.0) < 1e-3 for v in shifted["hu"].values())  # float32 truth
+    assert all(abs(v["bias"] - 5.0) < 1e-3 for v in shifted["inserts"].values())
+    assert set(physics.full_dose["ttf50"]["per_insert"]) == {"air", "fat", "bone 700", "bone 1200"}
+    assert 0 < physics.full_dose["ttf50"]["mean"] < 0.5 / pair.spacing[1]
+    assert len(physics.full_dose["lesions"]) == 8  # every QA disc found
 
 
 def test_identity_row_is_the_input_score(evaluation_run, tiny_dataset):

@@ -50,8 +50,11 @@ def test_rois_lie_inside_the_mask():
     mask = np.zeros(noise.shape, bool)
     mask[0, 4:36, 4:36] = True
     rois = square_rois(noise, mask, 16)
-    assert rois.shape == (1, 16, 16)  # the 16-px grid fits one ROI wholly inside [4, 36)
-    np.testing.assert_array_equal(rois[0], noise[0, 16:32, 16:32])
+    assert rois.shape == (4, 16, 16)  # [4, 36) holds 2 x 2 non-overlapping 16-px ROIs
+    expected = [noise[0, r : r + 16, c : c + 16] for r in (4, 20) for c in (4, 20)]
+    for roi, want in zip(rois, expected):
+        np.testing.assert_array_equal(roi, want)
+    assert len(square_rois(noise, mask, 33)) == 0
 
 
 def disc_image(radius_mm, blur_mm, contrast=500.0, size=96, oversample=8):

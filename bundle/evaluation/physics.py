@@ -1,0 +1,271 @@
+"""The physicists' measures of one test volume, for every method's output (AAPM TG-233 style).
+
+:class:`VolumePhysics` computes once per volume what all methods share (tissue-class masks, the
+flat regions where noise is measured, lesion and insert ROIs, the full-dose scan's own noise
+texture and resolution) and then :meth:`VolumePhysics.measure` scores an output:
+
+- ``vs_clean``: PSNR/SSIM/RMSE per window against the clean truth (the noise-free scan), when the
+  simulation knows it: against the noisy full-dose scan, smoothing below its noise looks good;
+- ``hu``: bias and RMSE per tissue class (air, lung, fat, soft tissue, bone), against the clean
+  truth (else the full-dose scan); ``inserts``: bias in the central 60 % of each QA insert;
+- ``noise``: sigma and the NPS mean frequency of the output's noise in flat ROIs (output minus
+  the clean truth; without truth, the ROI mean removed), and both relative to the full-dose
+  scan's (1.0 = same texture; an oversmoothing method drops the frequency);
+- ``ttf50``: the TTF50 (lp/mm) at each high-contrast QA insert's edge and their mean, relative to
+  the full-dose scan's;
+- ``lesions``: per lesion or low-contrast disc, the measured contrast, CNR and the
+  non-prewhitening d' (measured contrast, the output's NPS and, where the volume has inserts, its
+  TTF).
+
+Lesion and insert positions come from the ``objects`` JSON of the demo data, mapped into the
+evaluation's voxel layout through the affines (:func:`objects_in_layout`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from bundle.data.phantom import LABELS
+from bundle.metrics import (
+    class_masks,
+    cnr,
+    find_flat_region,
+    hu_accuracy,
+    noise_power_spectrum,
+    npw_detectability,
+    square_rois,
+    task_transfer_function,
+    window_metrics,
+)
+
+__all__ = ["LABEL_CLASSES", "Truth", "VolumePhysics", "objects_in_layout"]
+
+# the phantom's labels grouped into the classes of bundle.metrics.hu_accuracy
+LABEL_CLASSES = {
+    "air": [LABELS["air"]],
+    "lung": [LABELS["lung"]],
+    "fat": [LABELS["fat"]],
+    "soft tissue": [LABELS[n] for n in ("muscle", "mediastinum", "heart", "liver", "spleen", "kidney", "vessel",
+                                         "bowel", "lesion", "csf", "water")],
+    "bone": [LABELS["bone"]],
+}
+TTF_MIN_CONTRAST_HU = 100.0  # inserts whose edge is sharp enough against water for a TTF
+ROI_SIZES = (16, 12, 8, 6)  # NPS ROI sides tried, largest first, until one fits the flat regions
+
+
+@dataclass
+class Truth:
+    """What the simulation knows about one test volume, on the evaluation's voxel grid.
+
+    ``clean``, ``labels``, ``repeat``: ``(S, H, W)`` arrays or None; ``lesions`` and ``inserts``
+    with centres in that grid's voxels (:func:`objects_in_layout`); ``pixel_mm``: in-plane size,
+    ``slice_mm``: slice spacing.
+    """
+
+    pixel_mm: float
+    slice_mm: float = 0.0
+    clean: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    repeat: np.ndarray | None = None
+    lesions: list[dict] = field(default_factory=list)
+    inserts: list[dict] = field(default_factory=list)
+
+
+def objects_in_layout(objects: dict, layout_affine: np.ndarray) -> tuple[list[dict], list[dict]]:
+    """``(lesions, inserts)`` of an objects JSON with their centres moved from the file's
+    ``(slice, row, col)`` voxels (``affine_ras`` maps ``(col, row, slice)``) into the voxels of
+    an array whose affine is ``layout_affine`` (maps its ``(axis0, axis1, axis2)`` to RAS)."""
+    file_affine = np.asarray(objects["affine_ras"], dtype=np.float64)
+    to_layout = np.linalg.inv(np.asarray(layout_affine, dtype=np.float64)) @ file_affine
+
+    def move(centre) -> tuple[float, float, float]:
+        k, j, i = (float(v) for v in centre)
+        return tuple(float(v) for v in (to_layout @ np.array([i, j, k, 1.0]))[:3])
+
+    lesions = [{**lesion, "centre": move(lesion["centre"])} for lesion in objects.get("lesions", [])]
+    inserts = []
+    for insert in objects.get("inserts", []):  # cylinders through every slice: (row, col) only
+        s, r, c = move((0.0, *insert["centre"]))
+        inserts.append({**insert, "centre": (r, c)})
+    return lesions, inserts
+
+
+def _disc(shape2d, centre, radius_px) -> np.ndarray:
+    yy, xx = np.ogrid[: shape2d[0], : shape2d[1]]
+    return np.hypot(yy - centre[0], xx - centre[1]) < radius_px
+
+
+class VolumePhysics:
+    """Measures of one test volume (module docstring).
+
+    Args:
+        target: the full-dose scan ``(S, H, W)`` HU.
+        truth: :class:`Truth` (what the simulation knows; all optional).
+        windows: the metric windows, for ``vs_clean``.
+        min_tissue_fraction: as in :func:`bundle.metrics.window_metrics`.
+    """
+
+    def __init__(self, target: np.ndarray, truth: Truth, windows, min_tissue_fraction: float = 0.05) -> None:
+        self.target = np.asarray(target, dtype=np.float64)
+        self.truth = truth
+        self.windows = windows
+        self.min_tissue_fraction = min_tissue_fraction
+        self.reference = truth.clean if truth.clean is not None else self.target
+        if truth.labels is not None:
+            self.masks = class_masks(self.reference, np.rint(truth.labels).astype(np.int64), LABEL_CLASSES)
+        else:
+            self.masks = class_masks(self.reference)
+        self.flat = self._flat_mask()
+        self.roi_size = next((n for n in ROI_SIZES if len(square_rois(self.target, self.flat, n, 1))), None)
+        self.full_dose = self._measure(self.target, full_dose=True)
+
+    def _flat_mask(self) -> np.ndarray:
+        """Where noise ROIs may lie. With labels: the interiors of soft-tissue organs and of the QA
+        water (2 pixels in from every edge, lesions and inserts kept out): with the clean truth
+        subtracted, anatomy there is not mistaken for noise. Without: flat soft tissue found in
+        the reference."""
+        labels = self.truth.labels
+        if labels is None:
+            return find_flat_region(self.reference)
+        labels = np.rint(labels)
+        soft = np.isin(labels, [LABELS[n] for n in ("liver", "spleen", "muscle", "heart", "water", "kidney")])
+        structure = np.zeros((3, 3, 3), bool)
+        structure[1] = ndimage.generate_binary_structure(2, 2)
+        flat = ndimage.binary_erosion(soft, structure=structure, iterations=2)
+        objects = np.isin(labels, [LABELS["lesion"], LABELS["insert"]])
+        return flat & ~ndimage.binary_dilation(objects, structure=structure, iterations=2)
+
+    # --- noise --------------------------------------------------------------------------------
+    def _noise_rois(self, output: np.ndarray, full_dose: bool) -> np.ndarray | None:
+        if self.roi_size is None:
+            return None
+        if self.truth.clean is not None:
+            noise, detrend = output - self.truth.clean, "none"
+        elif full_dose and self.truth.repeat is not None:  # two realisations: noise without truth
+            noise, detrend = (output - self.truth.repeat) / math.sqrt(2.0), "none"
+        else:
+            noise, detrend = output, "mean"
+        rois = square_rois(noise, self.flat, self.roi_size, max_rois=400)
+        if not len(rois):
+            return None
+        return rois - rois.mean(axis=(1, 2), keepdims=True) if detrend == "mean" else rois
+
+    # --- resolution ---------------------------------------------------------------------------
+    def _ttf(self, output: np.ndarray) -> dict[str, Any]:
+        results = {}
+        for insert in self.truth.inserts:
+            if abs(insert["hu"]) < TTF_MIN_CONTRAST_HU:
+                continue
+            ttf = task_transfer_function(output, insert["centre"], insert["radius_mm"], self.truth.pixel_mm)
+            results[insert["name"]] = ttf
+        return results
+
+    # --- lesions ------------------------------------------------------------------------------
+    def _lesion_rois(self, lesion: dict) -> tuple[np.ndarray, np.ndarray] | None:
+        """Masks of a lesion's core (70 % of its radius) and its surrounding annulus."""
+        s_count, rows, cols = self.target.shape
+        pixel = self.truth.pixel_mm
+        core = np.zeros(self.target.shape, bool)
+        ring = np.zeros(self.target.shape, bool)
+        centre_s, centre_r, centre_c = lesion["centre"]
+        radius = lesion["radius_mm"]
+        slice_mm = float(lesion.get("slice_mm", pixel))
+        for s in range(s_count):
+            if lesion.get("through_slices"):
+                if s < 2 or s >= s_count - 2:
+                    continue
+                r_here = radius
+            else:
+                dz = abs(s - centre_s) * slice_mm
+                if dz >= 0.7 * radius:
+                    continue
+                r_here = math.sqrt(radius**2 - dz**2)
+            r_px = r_here / pixel
+            core[s] = _disc((rows, cols), (centre_r, centre_c), max(0.7 * r_px, 0.75))
+            outer = r_px + 3 + max(2 * r_px, 4)
+            ring[s] = _disc((rows, cols), (centre_r, centre_c), outer) & ~_disc((rows, cols), (centre_r, centre_c), r_px + 3)
+        if self.truth.labels is not None:  # no other object in the background
+            ring &= ~np.isin(np.rint(self.truth.labels), [LABELS["lesion"], LABELS["insert"]])
+        if core.sum() < 1 or ring.sum() < 10:
+            return None
+        return core, ring
+
+    # --- one output ---------------------------------------------------------------------------
+    def measure(self, output) -> dict[str, Any]:
+        """Every measure of one method's output ``(S, H, W)`` (or ``(1, S, H, W)``) HU."""
+        return self._measure(np.asarray(output, dtype=np.float64).reshape(self.target.shape), full_dose=False)
+
+    def _measure(self, output: np.ndarray, full_dose: bool) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        if self.truth.clean is not None:
+            result["vs_clean"] = window_metrics(output, self.truth.clean, self.windows, self.min_tissue_fraction)
+        result["hu"] = hu_accuracy(output, self.reference, self.masks)
+        inserts = {}
+        for insert in self.truth.inserts:
+            roi = np.broadcast_to(_disc(output.shape[1:], insert["centre"], 0.6 * insert["radius_mm"] / self.truth.pixel_mm),
+                                  output.shape)
+            error = output[roi] - self.reference[roi]
+            inserts[insert["name"]] = {"nominal_hu": insert["hu"], "bias": float(error.mean()),
+                                       "rmse": float(np.sqrt((error**2).mean()))}
+        if inserts:
+            result["inserts"] = inserts
+
+        rois = self._noise_rois(output, full_dose)
+        nps = noise_power_spectrum(rois, self.truth.pixel_mm, detrend="none") if rois is not None else None
+        if nps is not None:
+            result["noise"] = {"sigma": math.sqrt(nps.variance), "nps_mean_frequency": nps.mean_frequency,
+                               "nps_frequency": nps.frequency.tolist(), "nps": nps.radial.tolist(),
+                               "rois": nps.num_rois, "roi_size": self.roi_size}
+        ttfs = self._ttf(output)
+        if ttfs:
+            values = {name: ttf.ttf50 for name, ttf in ttfs.items()}
+            finite = [v for v in values.values() if math.isfinite(v)]
+            result["ttf50"] = {"per_insert": values, "mean": float(np.mean(finite)) if finite else float("nan")}
+        mean_ttf = None
+        if ttfs:
+            grid = next(iter(ttfs.values())).frequency
+            stacked = np.stack([np.interp(grid, t.frequency, t.ttf) for t in ttfs.values()])
+            mean_curve = stacked.mean(axis=0)
+            mean_ttf = lambda f: np.interp(f, grid, mean_curve, right=0.0)  # noqa: E731
+
+        lesions = []
+        for lesion in self.truth.lesions:
+            rois_here = self._lesion_rois({**lesion, "slice_mm": self.truth.slice_mm or self.truth.pixel_mm})
+            if rois_here is None:
+                continue
+            core, ring = rois_here
+            contrast = float(output[core].mean() - output[ring].mean())
+            entry = {"radius_mm": lesion["radius_mm"], "contrast_nominal": lesion["contrast_hu"],
+                     "contrast_measured": contrast, "cnr": cnr(output, core, ring)}
+            if nps is not None:
+                entry["d_prime"] = npw_detectability(nps, lesion["radius_mm"], abs(contrast), ttf=mean_ttf)
+            lesions.append(entry)
+        if lesions:
+            result["lesions"] = lesions
+            result["lesion_summary"] = {
+                "cnr": float(np.mean([entry["cnr"] for entry in lesions])),
+                "d_prime": float(np.mean([entry.get("d_prime", np.nan) for entry in lesions])),
+            }
+        if not full_dose:
+            self._relative(result)
+        return result
+
+    def _relative(self, result: dict) -> None:
+        """Noise and resolution relative to the full-dose scan's (1.0 = the same)."""
+        reference = self.full_dose
+        if "noise" in result and "noise" in reference:
+            result["noise"]["sigma_rel"] = result["noise"]["sigma"] / reference["noise"]["sigma"]
+            result["noise"]["nps_mean_frequency_rel"] = (
+                result["noise"]["nps_mean_frequency"] / reference["noise"]["nps_mean_frequency"]
+            )
+        if "ttf50" in result and "ttf50" in reference and reference["ttf50"]["mean"] > 0:
+            result["ttf50"]["mean_rel"] = result["ttf50"]["mean"] / reference["ttf50"]["mean"]
+        if "lesion_summary" in result and "lesion_summary" in reference:
+            for key in ("cnr", "d_prime"):
+                base = reference["lesion_summary"][key]
+                result["lesion_summary"][f"{key}_rel"] = result["lesion_summary"][key] / base if base else float("nan")
