@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "bundle.commands.info",
     "bundle.commands.datalist",
     "bundle.commands.demo_data",
+    "bundle.commands.sample_data",
     "bundle.commands.simulate",
     "bundle.commands.evaluate",
     "bundle.commands.enhance",
