@@ -214,11 +214,14 @@ class RedCNNMethod(Method):
         path: the model file (``models/redcnn.pt``).
         device: where to run it.
         tile, overlap: see :class:`RedCNNEnhancer`.
+        name: the row's name (``redcnn_2d`` for the per-slice variant, ``configs/redcnn_2d.yaml``).
     """
 
     name = "redcnn"
 
-    def __init__(self, path: str | Path, device="cpu", tile=(32, 256, 256), overlap=(8, 32, 32)) -> None:
+    def __init__(self, path: str | Path, device="cpu", tile=(32, 256, 256), overlap=(8, 32, 32),
+                 name: str = "redcnn") -> None:
+        self.name = name
         self.path = Path(path)
         self.device = torch.device(device)
         self.tile = tile

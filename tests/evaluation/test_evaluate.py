@@ -102,6 +102,7 @@ def test_outputs_of_the_run(evaluation_run):
     assert full["methods"]["bm3d"]["status"] == ("ok" if bm3d else full["methods"]["bm3d"]["status"])
     if bm3d:
         assert full["methods"]["bm3d"]["tuning"]["tuned"]
+    assert full["methods"]["redcnn_2d"]["status"].startswith("not trained")
     assert full["methods"]["gaussian"]["tuning"]["tuned"] and full["validation_volumes"]
     assert all(full["methods"][r]["seconds_per_volume"] >= 0 for r in rows)
 
@@ -268,6 +269,28 @@ def test_redcnn_config_trains_and_resumes(tiny_dataset, tmp_path, monkeypatch):
     train_redcnn([str(REPO / "configs" / "redcnn.yaml")], overrides)  # finished: resumes at the end, re-exports
     again = torch.load(tmp_path / "r.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_the_2d_redcnn_sees_one_slice_at_a_time(tiny_dataset, tmp_path, monkeypatch):
+    """configs/redcnn_2d.yaml: the published 2D network on every slice, its own file and row."""
+    from bundle.evaluation.redcnn import load_redcnn, train_redcnn
+
+    monkeypatch.chdir(REPO)
+    overrides = {
+        "dataset_dir": str(tiny_dataset), "output_dir": str(tmp_path), "redcnn_path": str(tmp_path / "r2d.pt"),
+        "device": "cpu", "redcnn_epochs": 1, "redcnn_channels": 4, "samples_per_volume": 1, "batch_size": 1,
+        "cache": "none", "num_workers": 0, "train_patch_size": [8, 64, 64],
+    }
+    train_redcnn([str(REPO / "configs" / "redcnn.yaml"), str(REPO / "configs" / "redcnn_2d.yaml")], overrides)
+    enhancer = load_redcnn(tmp_path / "r2d.pt")
+    assert enhancer.network.config["kernel_size"] == [1, 5, 5]
+    assert (tmp_path / "redcnn_2d_checkpoints").is_dir()
+    # slices do not see each other: changing one slice changes only that slice's output
+    volume = test_pairs(tiny_dataset)[0].source
+    changed = volume.clone()
+    changed[0, 3] += 100.0
+    difference = (enhancer(changed) - enhancer(volume)).abs().amax(dim=(-1, -2))[0]
+    assert difference[3] > 0 and torch.count_nonzero(difference) == 1
 
 
 def test_classical_filters_tune_and_denoise(tiny_dataset):
