@@ -9,8 +9,8 @@ texture and resolution) and then :meth:`VolumePhysics.measure` scores an output:
 - ``hu``: bias and RMSE per tissue class (air, lung, fat, soft tissue, bone), against the clean
   truth (else the full-dose scan); ``inserts``: bias in the central 60 % of each QA insert;
 - ``noise``: sigma and the NPS mean frequency of the output's noise in flat ROIs (output minus
-  the clean truth; without truth, the ROI mean removed), and both relative to the full-dose
-  scan's (1.0 = same texture; an oversmoothing method drops the frequency);
+  the clean truth, each ROI's mean removed: a local offset is bias, not noise), and both
+  relative to the full-dose scan's (1.0 = same texture);
 - ``ttf50``: the TTF50 (lp/mm) at each high-contrast QA insert's edge and their mean, relative to
   the full-dose scan's;
 - ``lesions``: per lesion or low-contrast disc, the measured contrast, CNR and the
@@ -145,15 +145,16 @@ class VolumePhysics:
         if self.roi_size is None:
             return None
         if self.truth.clean is not None:
-            noise, detrend = output - self.truth.clean, "none"
+            noise = output - self.truth.clean
         elif full_dose and self.truth.repeat is not None:  # two realisations: noise without truth
-            noise, detrend = (output - self.truth.repeat) / math.sqrt(2.0), "none"
+            noise = (output - self.truth.repeat) / math.sqrt(2.0)
         else:
-            noise, detrend = output, "mean"
+            noise = output
         rois = square_rois(noise, self.flat, self.roi_size, max_rois=400)
         if not len(rois):
             return None
-        return rois - rois.mean(axis=(1, 2), keepdims=True) if detrend == "mean" else rois
+        # each ROI's mean removed (TG-233): a local HU offset is bias (``hu``), not noise texture
+        return rois - rois.mean(axis=(1, 2), keepdims=True)
 
     # --- resolution ---------------------------------------------------------------------------
     def _ttf(self, output: np.ndarray) -> dict[str, Any]:
