@@ -232,6 +232,8 @@ def save_sweep_plot(path: Path, results: dict[str, Any]) -> str:
             if points:
                 ax.plot(*zip(*points), "o-", label=name)
         ax.set_xscale("log")
+        ax.set_xticks([float(d) for d in doses], [f"{float(d):g}" for d in doses])
+        ax.minorticks_off()
         ax.set_xlabel("dose fraction")
         ax.set_title(title, fontsize=8)
     axes[0].legend(fontsize=7)
