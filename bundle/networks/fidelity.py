@@ -29,6 +29,13 @@ what the latent cannot carry: features of the input image at every resolution. H
   keeps the source (edges, fine detail the latent lost), ``m`` near 0 keeps the decoder (flat
   tissue, where the source is mostly noise): an edge-aware blend learned from the pairs, which
   a few hundred steps already learn; ``r`` corrects what neither has.
+
+  ``start="source"`` initialises the gate's bias so that ``m = 1``: the fresh model returns its
+  input exactly (do no harm), and training moves each voxel away from the source only as far as
+  the decoder's estimate lowers the loss there. The decoder itself keeps learning from the plain
+  reconstruction terms of the VAE loss, which never pass through this skip, so the blend has
+  something better than the source to move towards. ``start="decoder"`` (``m = 0``) starts
+  from the decoder's output instead.
 - :class:`FidelityPath` holds them and hands :class:`~bundle.networks.vae.VAEDecoder` a function
   that applies the skips after each of its up stages and after its output convolution.
 
@@ -144,10 +151,20 @@ class OutputSkip(nn.Module):
     SiLU; ``gate`` a zero-initialised Conv3d k1 (hidden -> 2 x image channels) whose outputs are
     the blend ``m`` and the correction ``r``, per voxel and channel. No normalisation: the values
     of the source matter here, not only its patterns.
+
+    Args:
+        channels: image channels (the HU windows).
+        hidden: width of the convolution stack.
+        start: ``"decoder"`` (``m = 0`` at initialisation: the output starts as the decoder's) or
+            ``"source"`` (``m = 1``: the output starts as the source itself, the identity).
     """
 
-    def __init__(self, channels: int, hidden: int) -> None:
+    STARTS = ("decoder", "source")
+
+    def __init__(self, channels: int, hidden: int, start: str = "decoder") -> None:
         super().__init__()
+        if start not in self.STARTS:
+            raise ValueError(f"fidelity start must be one of {self.STARTS}, got {start!r}")
         self.body = nn.Sequential(
             nn.Conv3d(2 * channels, hidden, kernel_size=3, padding=1),
             nn.SiLU(),
@@ -155,6 +172,9 @@ class OutputSkip(nn.Module):
             nn.SiLU(),
         )
         self.gate = zero_module(nn.Conv3d(hidden, 2 * channels, kernel_size=1))
+        if start == "source":  # the blend's bias: m = 1 everywhere, the output is the source
+            with torch.no_grad():
+                self.gate.bias[:channels] = 1.0
 
     def forward(self, y: torch.Tensor, source: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
         # the decoder's output in HU-window units: float32 even under autocast (blocks.in_float32)
@@ -175,6 +195,7 @@ class FidelityPath(nn.Module):
             levels that get a skip (at most ``len(decoder_channels) - 1``: the coarsest level is
             the latent's, which the diffusion model already conditions on).
         norm_num_groups, norm_eps, use_checkpoint: as the VAE's.
+        start: where the output skip starts (:class:`OutputSkip`): ``"decoder"`` or ``"source"``.
 
     The output skip's hidden width is ``channels[0]``; the output has ``in_channels`` channels
     (the VAE reconstructs the windows it encodes).
@@ -192,6 +213,7 @@ class FidelityPath(nn.Module):
         norm_num_groups: int = 32,
         norm_eps: float = NORM_EPS,
         use_checkpoint: bool = False,
+        start: str = "decoder",
     ) -> None:
         super().__init__()
         channels = [int(c) for c in channels]
@@ -205,7 +227,7 @@ class FidelityPath(nn.Module):
         self.skips = nn.ModuleList(
             GatedSkip(decoder_channels[k], c, norm_num_groups, norm_eps) for k, c in enumerate(channels)
         )
-        self.output_skip = OutputSkip(in_channels, channels[0])
+        self.output_skip = OutputSkip(in_channels, channels[0], start)
 
     @property
     def num_levels(self) -> int:

@@ -268,6 +268,10 @@ class VideoVAE(nn.Module):
             features of the source slab enter the decoder through zero-initialised gated skips
             at the ``len(fidelity_channels)`` finest levels (see :meth:`decode`). Recorded in
             ``config`` only when set, so spec model files are unchanged.
+        fidelity_start: where a fresh fidelity path's output starts: ``"decoder"`` (the decoder's
+            reconstruction) or ``"source"`` (the source itself: an untrained model returns its
+            input; :class:`~bundle.networks.fidelity.OutputSkip`). Only an initialisation: a
+            trained model file holds the learned gate, so this changes nothing at inference.
 
     Shapes (defaults): ``x (B, 3, T, H, W)`` with ``H, W`` multiples of 8 -> latent
     ``(B, 4, T, H/8, W/8)`` -> reconstruction ``(B, 3, T, H, W)``.
@@ -292,6 +296,7 @@ class VideoVAE(nn.Module):
         use_checkpoint: bool = False,
         norm_eps: float = NORM_EPS,
         fidelity_channels: Sequence[int] | None = None,
+        fidelity_start: str = "decoder",
     ) -> None:
         super().__init__()
         if min(in_channels, out_channels, latent_channels) <= 0:
@@ -321,7 +326,8 @@ class VideoVAE(nn.Module):
         if fidelity_channels:
             self.config["fidelity_channels"] = [int(c) for c in fidelity_channels]
             self.fidelity = FidelityPath(
-                in_channels, self.config["channels"], fidelity_channels, norm_num_groups, norm_eps, use_checkpoint
+                in_channels, self.config["channels"], fidelity_channels, norm_num_groups, norm_eps, use_checkpoint,
+                start=fidelity_start,
             )
 
     @property

@@ -200,3 +200,16 @@ def test_batch_tool_fidelity_weight_dial(tmp_path):
     assert off_marker["settings"]["fidelity_weight"] == 0.0 and on_marker["settings"]["fidelity_weight"] == 1.0
     assert main(["enhance", str(inputs), str(tmp_path / "on"), "--model", str(tmp_path / "path.pt"), "--steps", "2",
                  "--device", "cpu", "--no-progress", "--fidelity-weight", "-1"]) == 2
+
+
+def test_an_untrained_model_started_from_the_source_returns_its_input():
+    """The whole enhancer (tiles, DDIM, decoding to HU) of a fresh model with
+    ``fidelity_start="source"`` returns the low-dose input, so training can only add to it."""
+    torch.manual_seed(0)
+    unet = ConditionalUNet3D(model_channels=16, channel_mult=(1, 2, 2, 2), num_heads=2, norm_num_groups=4,
+                             time_embed_dim=32, num_res_blocks=1)
+    vae = VideoVAE(**VAE, fidelity_channels=[8, 16], fidelity_start="source")
+    enhancer = CTEnhancer(vae, unet, **TILES, num_inference_steps=2, scale_factor=0.7).eval()
+    source = phantom(shape=(1, 12, 64, 72))
+    source[..., 20:24, 30:34] = 1500.0  # dense bone is kept too, not only soft tissue
+    torch.testing.assert_close(enhancer(source), source, rtol=0, atol=0.05)

@@ -83,3 +83,23 @@ def test_fewer_levels_and_shapes(tiny_vae_kwargs):
 def test_common_yaml_defaults_to_no_path(build_common):
     (vae,) = build_common("autoencoder_def")
     assert vae.fidelity is None and "fidelity_channels" not in vae.config
+
+
+def test_start_from_source_returns_the_source_whatever_the_decoder(tiny_vae_kwargs, randomize):
+    """Do no harm: a fresh path started from the source outputs the source exactly, for any
+    decoder weights and any latent, and its blend still receives a gradient to move from there."""
+    torch.manual_seed(0)
+    vae = VideoVAE(**tiny_vae_kwargs, fidelity_channels=FIDELITY, fidelity_start="source")
+    randomize(vae.decoder, seed=2, std=0.5)  # a decoder far from the identity
+    x = torch.randn(2, 3, 8, 32, 32)
+    z = torch.randn(2, tiny_vae_kwargs.get("latent_channels", 4), 8, 4, 4)
+    out = vae.decode(z, source=x)
+    torch.testing.assert_close(out, x, rtol=0, atol=1e-5)  # y + (x - y): float rounding
+    assert (vae.decode(z) - x).abs().max() > 1e-2  # the decoder alone is not the identity
+    (out - torch.randn_like(out)).square().mean().backward()
+    assert vae.fidelity.output_skip.gate.weight.grad.abs().sum() > 0
+    # the start is an initialisation, not architecture: the same keys, a model file rebuilds it
+    assert "fidelity_start" not in vae.config
+    assert VideoVAE(**vae.config).state_dict().keys() == vae.state_dict().keys()
+    with pytest.raises(ValueError, match="fidelity start"):
+        VideoVAE(**tiny_vae_kwargs, fidelity_channels=FIDELITY, fidelity_start="target")
