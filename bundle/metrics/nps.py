@@ -56,6 +56,16 @@ class NoisePowerSpectrum:
         total = float(self.nps.sum())
         return float((f * self.nps).sum() / total) if total > 0 else float("nan")
 
+    def share_below(self, fraction_of_nyquist: float) -> float:
+        """Share of the power with both ``|fy|`` and ``|fx|`` at most ``fraction_of_nyquist`` of
+        their Nyquist frequency: a square, the band a grid ``1 / fraction`` times coarser per axis
+        can hold (``1/8``: what an 8x in-plane latent can represent at all)."""
+        ny, nx = self.fy.size, self.fx.size
+        keep_y = np.abs(self.fy) <= fraction_of_nyquist * np.abs(self.fy).max() * (1 + 1e-9) if ny > 1 else np.ones(1, bool)
+        keep_x = np.abs(self.fx) <= fraction_of_nyquist * np.abs(self.fx).max() * (1 + 1e-9) if nx > 1 else np.ones(1, bool)
+        total = float(self.nps.sum())
+        return float(self.nps[np.ix_(keep_y, keep_x)].sum() / total) if total > 0 else float("nan")
+
     def at(self, frequency_mm: np.ndarray) -> np.ndarray:
         """The radial NPS interpolated at ``frequency_mm`` (cycles/mm)."""
         return np.interp(frequency_mm, self.frequency, self.radial)

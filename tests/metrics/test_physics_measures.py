@@ -45,6 +45,17 @@ def test_smoothing_moves_noise_power_to_low_frequencies():
     assert smoothed.variance < 0.2 * white.variance
 
 
+def test_share_below_a_cutoff_is_the_area_for_white_noise_and_grows_with_smoothing():
+    """What an 8x coarser grid can hold: white noise puts ~(1/8)^2 of its power there."""
+    noise = white_noise()
+    white = noise_power_spectrum(noise, PIXEL_MM)
+    assert white.share_below(1.0) == pytest.approx(1.0)
+    # 32-pixel ROIs: |k| <= 2 of k = -16..15 per axis, 25 of 1024 cells, one of them the removed mean
+    assert white.share_below(1 / 8) == pytest.approx(24 / 1023, rel=0.25)
+    smooth = noise_power_spectrum(ndimage.gaussian_filter(noise, (0, 2.0, 2.0), mode="wrap"), PIXEL_MM)
+    assert smooth.share_below(1 / 8) > 3 * white.share_below(1 / 8)
+
+
 def test_rois_lie_inside_the_mask():
     noise = white_noise(shape=(2, 40, 40))
     mask = np.zeros(noise.shape, bool)
