@@ -7,8 +7,11 @@ against the full-dose scan), prints the table, and copies the best learning rate
 ``--output-model`` (e.g. ``models/redcnn.pt``, the evaluation's row). The test split is never
 read here. Run from the bundle root:
 
-    python scripts/redcnn_sweep.py --lrs 1e-4 3e-4 1e-3 --epochs 20
-    python scripts/redcnn_sweep.py --variant 2d --lrs 3e-4 --seeds 0 1 2 --epochs 20 --output-model models/redcnn_2d.pt
+    python scripts/redcnn_sweep.py --lrs 1e-4 3e-4 1e-3 --epochs 40
+    python scripts/redcnn_sweep.py --lrs 1e-3 --seeds 0 1 2 --epochs 40 --output-model models/redcnn.pt
+    python scripts/redcnn_sweep.py --variant 2d --lrs 1e-3 --seeds 0 1 2 --epochs 40 --output-model models/redcnn_2d.pt
+
+The measured table (demo data) is in docs/evaluation.md, "The RED-CNN baseline".
 
 Results are cached per run under ``--output`` (re-running skips finished runs).
 """
@@ -27,8 +30,9 @@ import torch
 KEY = (-160.0, 240.0)
 
 
-def validation_psnr(model_path: Path, datalist: str) -> float:
-    """Mean soft-window PSNR of the model on the validation pairs (clean truth if known)."""
+def validation_psnr(model_path: Path | None, datalist: str) -> float:
+    """Mean soft-window PSNR of the model on the validation pairs (clean truth if known);
+    ``model_path=None`` scores the low-dose input itself, the line every row must clear."""
     from monai.bundle import ConfigParser
 
     from bundle.evaluation.evaluate import as_pair
@@ -39,7 +43,7 @@ def validation_psnr(model_path: Path, datalist: str) -> float:
     parser.read_config(["configs/evaluate.yaml", "configs/demo.yaml"])
     parser.update({"datalist": datalist})
     dataset = parser.get_parsed_content("validation_dataset")
-    network = load_redcnn(model_path)
+    network = load_redcnn(model_path) if model_path is not None else (lambda source: source)
     scores = []
     for index in range(len(dataset)):
         pair = as_pair(dataset[index], index)
@@ -84,6 +88,7 @@ def main() -> None:
     for result in results.values():
         by_lr.setdefault(result["lr"], []).append(result["validation_psnr"])
     print(f"\n| variant | lr | seeds | validation PSNR {KEY} (mean) | spread (std) |\n|---|---|---|---|---|")
+    print(f"| identity (the input) | - | - | {validation_psnr(None, opts.datalist):.2f} | - |")
     for lr, values in sorted(by_lr.items()):
         spread = statistics.stdev(values) if len(values) > 1 else float("nan")
         print(f"| {opts.variant} | {lr:g} | {len(values)} | {statistics.mean(values):.2f} | {spread:.2f} |")
