@@ -70,14 +70,20 @@ def run(args) -> int:
     except ValueError as error:
         print(f"ctv2v evaluate: error: {error}", file=sys.stderr)
         return 2
+    root = bundle_root()
+
+    def located(path: Path) -> str:
+        # Relative paths stay as given (and so in the report) when the run happens here; from
+        # elsewhere they are made absolute, as the run moves to the bundle root.
+        return str(path) if root == Path.cwd() else str(path.resolve())
+
     for key, path in (("datalist", args.datalist), ("model_path", args.model), ("output_dir", args.output),
                       ("redcnn_path", args.redcnn)):
         if path is not None:
-            overrides[key] = str(path.resolve())
+            overrides[key] = located(path)
     if args.train_redcnn:
         overrides["train_redcnn"] = True
-    extra = [str(p.resolve()) for p in args.config]
-    root = bundle_root()
+    extra = [located(p) for p in args.config]
     config_files = [str(root / EVALUATE_CONFIG)] + extra
     missing = [f for f in config_files if not Path(f).is_file()]
     if missing:
