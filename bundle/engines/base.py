@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from ignite.engine import Events
 from monai.engines import Trainer
 
+from bundle.engines import distributed
 from bundle.engines.checkpoints import latest_checkpoint, load_checkpoint, make_checkpoint_handler
 from bundle.engines.reproducible import ResumableSampler
 from bundle.utils.precision import autocast, resolve_precision
@@ -34,6 +36,12 @@ class RecipeTrainer(Trainer):
     only where no accumulated gradient is pending (a checkpoint cannot hold one): a due save
     inside a window moves to the window's end. Calling :meth:`run` again resumes from the
     newest one, bit for bit.
+
+    ``distributed``: one process of a ``torch.distributed`` group (``configs/multi_gpu_train.yaml``,
+    :mod:`bundle.engines.distributed`): what :meth:`trainable_modules` returns trains under
+    DistributedDataParallel (no gradient sync inside an accumulation window), gradients of other
+    optimized parameters (the discriminator) are averaged by hand, and only rank 0 writes
+    checkpoints.
     """
 
     checkpoint_prefix = "train"
@@ -52,6 +60,7 @@ class RecipeTrainer(Trainer):
         seed: int = 0,
         handlers=None,
         epoch_length: int | None = None,
+        distributed: bool = False,
     ) -> None:
         super().__init__(
             device=torch.device(device),
@@ -70,6 +79,8 @@ class RecipeTrainer(Trainer):
         self.seed = seed
         self.grad_scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self._checkpoint = None
+        self.distributed = bool(distributed)
+        self._ddp = None
 
     # --- subclass API -----------------------------------------------------------------------
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -82,6 +93,15 @@ class RecipeTrainer(Trainer):
 
     def before_load(self, checkpoint: dict) -> None:
         """Hook to shape objects (e.g. optimizer groups) before their state is loaded."""
+
+    def trainable_modules(self) -> dict[str, torch.nn.Module]:
+        """What trains now, by name: wrapped in DDP when ``distributed`` (subclasses)."""
+        return {}
+
+    def rewrap(self) -> None:
+        """(Re)build the DDP wrapper over :meth:`trainable_modules` (when the trainable set changes)."""
+        if self.distributed:
+            self._ddp = distributed.wrap(self.trainable_modules(), self.compute_loss, self.state.device)
 
     # --- iteration ----------------------------------------------------------------------------
     @property
@@ -117,10 +137,15 @@ class RecipeTrainer(Trainer):
         scaled.backward()
 
     def _iteration(self, engine, batchdata: dict) -> dict:
-        with autocast(self.state.device, self.precision):
-            loss, terms = self.compute_loss(batchdata)
-        self.backward(loss)
-        if self.steps_at(engine.state.iteration):
+        steps = self.steps_at(engine.state.iteration)
+        forward = self.compute_loss if self._ddp is None else self._ddp
+        # DDP: gradients are all-reduced in the backward of a window's last iteration only
+        sync = nullcontext() if self._ddp is None or steps else self._ddp.no_sync()
+        with sync:
+            with autocast(self.state.device, self.precision):
+                loss, terms = forward(batchdata)
+            self.backward(loss)
+        if steps:
             self.optimizer_step()
         terms = {"loss": float(loss.detach()), **terms}
         terms["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -128,6 +153,8 @@ class RecipeTrainer(Trainer):
 
     def optimizer_step(self) -> None:
         """Unscale (fp16), clip each optimizer's gradient norm, step, zero."""
+        if self._ddp is not None:
+            self._average_other_gradients()
         for optimizer in self.optimizers():
             if self.grad_scaler is not None:
                 self.grad_scaler.unscale_(optimizer)
@@ -146,6 +173,20 @@ class RecipeTrainer(Trainer):
 
     def after_optimizer_step(self) -> None:
         """Hook (the diffusion stage updates its EMA here)."""
+
+    def _average_other_gradients(self) -> None:
+        """Mean over ranks of the gradients DDP does not own (a discriminator's), one all-reduce."""
+        owned = {id(p) for p in self._ddp.parameters()}
+        grads = [p.grad for optimizer in self.optimizers() for group in optimizer.param_groups
+                 for p in group["params"] if p.grad is not None and id(p) not in owned]
+        if not grads:
+            return
+        flat = torch.cat([g.flatten() for g in grads])
+        flat = distributed.all_reduce_sum(flat) / distributed.world_size()
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
 
     # --- checkpoints ---------------------------------------------------------------------------
     def _to_save(self) -> dict:
@@ -169,7 +210,7 @@ class RecipeTrainer(Trainer):
 
     def attach_checkpointing(self) -> None:
         if self._checkpoint is not None:
-            return
+            return  # distributed: on every rank (ignite's Checkpoint syncs them); its DiskSaver writes on rank 0
         self._checkpoint = make_checkpoint_handler(self._to_save(), self.ckpt_dir, self.checkpoint_prefix)
         self.add_event_handler(Events.ITERATION_COMPLETED(event_filter=self._checkpoint_due), self._checkpoint)
         self.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self._epoch_checkpoint_due), self._checkpoint)
@@ -198,9 +239,17 @@ class RecipeTrainer(Trainer):
             # the stages share one loader: the one that runs drives its order (bound at run time,
             # not at construction, where the last trainer built would win)
             sampler.bind(lambda: self.state.iteration, lambda: self.state.epoch_length)
+        if self.distributed and not distributed.is_distributed():
+            raise RuntimeError(
+                f"{type(self).__name__}: distributed is set but no process group is initialised "
+                "(configs/multi_gpu_train.yaml's initialize does it; launch with torchrun)."
+            )
         self.on_start(self.resume())
+        self.rewrap()
         total = self.state.max_epochs * (self.state.epoch_length or 0)
         if total and self.state.iteration >= total:
             logger.info("%s already finished (%d iterations)", self.checkpoint_prefix, self.state.iteration)
             return
         super().run()
+        if self.distributed:
+            distributed.check_in_sync(self.trainable_modules())

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from ignite.engine import Events
 
+from bundle.engines import distributed
 from bundle.engines.base import RecipeTrainer
 from bundle.engines.handlers import TrainingState, make_ema
 from bundle.engines.losses import ReconstructionLoss
@@ -142,6 +143,8 @@ class LatentDiffusionTrainer(RecipeTrainer):
         # parameters of the VAE outside encoder/decoder/fidelity (none in VideoVAE) would stay frozen
         self.vae.train()
         self.training_state.phase = 2
+        if self._ddp is not None:  # DDP registers the parameters that train when it is built
+            self.rewrap()
         logger.info("phase 2 at epoch %d: VAE trainable, lrs %s", self.state.epoch,
                     {g["name"]: g["base_lr"] for g in self.optimizer.param_groups})
 
@@ -158,12 +161,17 @@ class LatentDiffusionTrainer(RecipeTrainer):
             mean, logvar = self.vae.encode_moments(torch.cat([source, target]))
         mean_source, mean_target = mean.chunk(2)
         _, logvar_target = logvar.chunk(2)
-        z_target = self.vae.sample(mean_target, logvar_target, generator)
+        # every draw is the global batch's, this rank's rows (one process: the plain draw)
+        z_target = self.vae.sample(
+            mean_target, logvar_target, eps=distributed.randn_rows(mean_target.shape, generator, device, mean_target.dtype)
+        )
         z0 = (z_target.detach() if self.detach_target_latent else z_target) * scale
         condition = mean_source * scale
 
-        t = self.schedule.sample_timesteps(z0.shape[0], generator=generator, device=device)
-        noise = torch.randn(z0.shape, generator=generator, device=device, dtype=z0.dtype)
+        t = distributed.rank_rows(
+            self.schedule.sample_timesteps(z0.shape[0] * distributed.world_size(), generator=generator, device=device)
+        )
+        noise = distributed.randn_rows(z0.shape, generator, device, z0.dtype)
         z_t = self.schedule.add_noise(z0, noise, t)
         prediction = self.unet(z_t, t, condition)
         loss_diffusion = F.mse_loss(prediction.float(), self.schedule.training_target(z0, noise, t).float())
@@ -211,9 +219,15 @@ class LatentDiffusionTrainer(RecipeTrainer):
         ).eval()
 
     def export(self, path, hu_windows) -> None:
-        """Write ``model.pt``: everything inference needs, in one file (atomically)."""
-        self.build_enhancer(hu_windows).save(path)
-        logger.info("model written to %s", path)
+        """Write ``model.pt``: everything inference needs, in one file (atomically; rank 0 only,
+        the other ranks wait until it is written)."""
+        if distributed.is_main_process():
+            self.build_enhancer(hu_windows).save(path)
+            logger.info("model written to %s", path)
+        distributed.barrier()
+
+    def trainable_modules(self) -> dict:
+        return {"unet": self.unet, "vae": self.vae} if self.phase == 2 else {"unet": self.unet}
 
     # --- checkpoints ----------------------------------------------------------------------------
     def checkpoint_objects(self) -> dict:

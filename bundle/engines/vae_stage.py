@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bundle.engines import distributed
 from bundle.engines.base import RecipeTrainer
 from bundle.engines.losses import ReconstructionLoss
 from bundle.engines.reproducible import iteration_generator
@@ -34,20 +35,25 @@ def estimate_scale_factor(vae, data_loader, device, max_batches: int = 8, seed: 
 
     Samples, not means: the diffusion model is trained on sampled target latents (as in latent
     diffusion), and with an under-trained VAE the posterior spread dominates the means.
+    Distributed: over the batches of every rank (the same samples as one process of the global
+    batch), so every rank gets the same factor.
     """
     vae_was_training = vae.training
     vae.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
-    latents = []
+    moments = torch.zeros(3, dtype=torch.float64)  # sum, sum of squares, count
     for i, batch in enumerate(data_loader):
         if i >= max_batches:
             break
         mean, logvar = vae.encode_moments(torch.cat([batch["source"], batch["target"]]).to(device))
-        latents.append(vae.sample(mean, logvar, generator).float().flatten().cpu())
+        eps = distributed.randn_rows(mean.shape, generator, mean.device, mean.dtype, blocks=2)
+        z = vae.sample(mean, logvar, eps=eps).double().flatten().cpu()
+        moments += torch.stack([z.sum(), (z**2).sum(), torch.tensor(float(z.numel()), dtype=torch.float64)])
     vae.train(vae_was_training)
-    if not latents:
+    total, squares, n = distributed.all_reduce_sum(moments).tolist()
+    if n < 2:
         raise ValueError("cannot estimate the latent scale factor: the training loader is empty.")
-    std = torch.cat(latents).std().item()
+    std = max((squares - total**2 / n) / (n - 1), 0.0) ** 0.5
     return 1.0 / max(std, 1e-6)
 
 
@@ -114,7 +120,8 @@ class VAEStage(RecipeTrainer):
         x = torch.cat([batch["source"], batch["target"]]).to(device)
         generator = iteration_generator(self.seed, self.state.iteration, device)
         mean, logvar = self.vae.encode_moments(x)
-        z = self.vae.sample(mean, logvar, generator)
+        # the global batch's noise, this rank's rows (one process: the plain draw)
+        z = self.vae.sample(mean, logvar, eps=distributed.randn_rows(mean.shape, generator, device, mean.dtype, blocks=2))
         recon = self.vae.decode(z)
         loss_recon, terms = self.reconstruction_loss(recon, x)
         kl = kl_divergence(mean.float(), logvar.float())
@@ -149,6 +156,9 @@ class VAEStage(RecipeTrainer):
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return super().optimizers() + ([self.discriminator_optimizer] if self.discriminator is not None else [])
 
+    def trainable_modules(self) -> dict:
+        return {"vae": self.vae}
+
     def checkpoint_objects(self) -> dict:
         objects = {"vae": self.vae}
         if self.discriminator is not None:
@@ -172,7 +182,9 @@ class VAEStage(RecipeTrainer):
             self.scale_factor = estimate_scale_factor(
                 self.vae, self.data_loader, self.state.device, self.scale_factor_batches, self.seed
             )
-        atomic_torch_save({"vae": self.vae.state_dict(), "scale_factor": self.scale_factor}, self.final_path)
+        if distributed.is_main_process():
+            atomic_torch_save({"vae": self.vae.state_dict(), "scale_factor": self.scale_factor}, self.final_path)
+        distributed.barrier()
         logger.info("VAE stage finished; latent scale factor %.4f -> %s", self.scale_factor, self.final_path)
 
     def _load_final(self, path: Path) -> None:

@@ -257,25 +257,15 @@ class CTEnhancer(nn.Module):
                                  fidelity_weight, residual)
 
     def _enhance(self, x, unbatched, steps, eta, strength, num_samples, seed, progress, fidelity_weight, residual):
-        device = x.device
         padded, crop = self._pad(x)
         source = self.windows.to_channels(padded)
         condition = self.encode(source) * self.scale_factor
         if residual:  # what the bottleneck does to the source, subtracted from every sample
             source_recon = self.windows.to_hu(self.decode(condition / self.scale_factor, source, fidelity_weight))
 
-        sampler = DDIMSampler(self.schedule, num_inference_steps=steps, eta=eta)
-        denoiser = TiledDenoiser(
-            self.unet, window=self.latent_window, overlap=self.latent_overlap,
-            window_batch_size=self.window_batch_size,
-        )
         samples = []
         for k in range(num_samples):
-            generator = torch.Generator(device=device).manual_seed(seed + k)
-            noise = torch.randn(condition.shape, generator=generator, device=device)
-            z = noise if strength >= 1 else sampler.start_from(condition, strength, noise)
-            z0 = sampler.sample(lambda z_t, t: denoiser(z_t, t, condition), z, generator=generator, strength=strength,
-                                progress=progress)
+            z0 = self.sample_latent(condition, steps, eta, strength, seed + k, progress)
             hu = self.windows.to_hu(self.decode(z0 / self.scale_factor, source, fidelity_weight))
             if residual:
                 hu = padded + (hu - source_recon)
@@ -287,6 +277,24 @@ class CTEnhancer(nn.Module):
             mean = mean[0]
             spread = spread[0] if spread is not None else None
         return Enhancement(hu=mean, uncertainty=spread)
+
+    @torch.no_grad()
+    def sample_latent(
+        self, condition: torch.Tensor, steps: int, eta: float, strength: float, seed: int, progress: bool = False
+    ) -> torch.Tensor:
+        """One DDIM sample of the enhanced latent (scaled, like ``condition``: the source's
+        ``encode(...) * scale_factor``), the U-Net applied in overlapping latent windows."""
+        device = condition.device
+        sampler = DDIMSampler(self.schedule, num_inference_steps=steps, eta=eta)
+        denoiser = TiledDenoiser(
+            self.unet, window=self.latent_window, overlap=self.latent_overlap,
+            window_batch_size=self.window_batch_size,
+        )
+        generator = torch.Generator(device=device).manual_seed(seed)
+        noise = torch.randn(condition.shape, generator=generator, device=device)
+        z = noise if strength >= 1 else sampler.start_from(condition, strength, noise)
+        return sampler.sample(lambda z_t, t: denoiser(z_t, t, condition), z, generator=generator, strength=strength,
+                              progress=progress)
 
     @torch.no_grad()
     def reconstruct(

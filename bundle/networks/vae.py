@@ -350,14 +350,19 @@ class VideoVAE(nn.Module):
         return mean, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
 
     @staticmethod
-    def sample(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Reparameterised draw ``mean + exp(logvar / 2) * eps``, ``eps ~ N(0, I)`` from ``generator``.
+    def sample(
+        mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None, eps: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Reparameterised draw ``mean + exp(logvar / 2) * eps``, ``eps ~ N(0, I)`` from ``generator``
+        (or the given ``eps``: distributed training draws it for the global batch).
 
         The noise is drawn on the generator's device (a CPU generator works for a GPU latent, and
         the same seed gives the same draw on any device).
         """
-        device = generator.device if generator is not None else mean.device
-        eps = torch.randn(mean.shape, generator=generator, device=device, dtype=mean.dtype).to(mean.device)
+        if eps is None:
+            device = generator.device if generator is not None else mean.device
+            eps = torch.randn(mean.shape, generator=generator, device=device, dtype=mean.dtype)
+        eps = eps.to(mean.device)
         return mean + torch.exp(0.5 * logvar) * eps
 
     def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:

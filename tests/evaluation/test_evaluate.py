@@ -77,6 +77,8 @@ def evaluation_run(tiny_dataset, tiny_model, tmp_path_factory):
             "--set", "redcnn_overrides#redcnn_epochs=1", "--set", "redcnn_overrides#redcnn_channels=4",
             "--set", "redcnn_overrides#samples_per_volume=1", "--set", "redcnn_overrides#batch_size=1",
             "--set", "redcnn_overrides#cache=none", "--set", "redcnn_overrides#num_workers=0",
+            # not the checkout's models/redcnn_2d.pt, if a developer trained one: the row stays "not trained"
+            "--set", f"redcnn_2d_path={out / 'redcnn_2d.pt'}",
         ])
     finally:
         torch.set_num_threads(previous)
