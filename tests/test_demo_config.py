@@ -35,6 +35,7 @@ def test_demo_default_is_the_measured_winner():
     assert vae.fidelity is not None and vae.config["fidelity_channels"] == [32, 64, 64]
     assert loss_terms(parser.get_parsed_content("reconstruction_loss")) == {"l1": 1.0, "gradient": 1.0, "channel_weights": None}
     assert parser.get_parsed_content("fidelity_loss_weight") == 4.0
+    assert parser.get_parsed_content("enhancer_settings")["source_lowpass_sigma"] == 3.0
     assert parser.get_parsed_content("prediction_type") == "v_prediction"
 
 
@@ -59,6 +60,7 @@ def test_spec_exact_is_one_file_away(recipe):
     assert parser.get("diffusion_trainer")["detach_target_latent"] == "@detach_target_latent"
     assert "discriminator" not in parser.get("vae_stage")
     assert not parser.get_parsed_content("enhancer_settings").get("residual", False)
+    assert parser.get_parsed_content("enhancer_settings")["source_lowpass_sigma"] == 0.0
 
 
 def test_full_size_recipe_is_the_spec_but_for_the_prediction_type():

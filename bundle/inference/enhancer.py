@@ -45,6 +45,7 @@ from torch import nn
 from bundle.data.windows import HUWindows
 from bundle.diffusion import DDIMSampler, DiffusionSchedule
 from bundle.diffusion.tiling import TiledDenoiser, tiled_apply
+from bundle.inference.low_frequency import keep_source_low_frequencies
 from bundle.networks import ConditionalUNet3D, VideoVAE
 from bundle.utils.io import atomic_torch_save
 from bundle.utils.plain import plain
@@ -56,7 +57,7 @@ AIR_HU = -1000.0
 # tiling geometry, stored in the model file: the U-Net window is the training slab's latent
 GEOMETRY = ("latent_window", "latent_overlap", "image_tile", "image_overlap")
 # how the output is formed, stored in the model file; a caller's explicit setting wins
-OUTPUT = ("fidelity_weight", "residual")
+OUTPUT = ("fidelity_weight", "residual", "source_lowpass_sigma")
 
 
 @dataclass
@@ -86,6 +87,9 @@ class CTEnhancer(nn.Module):
             training used, 0 the specification's decoder. Ignored without a path.
         residual: output ``source + decode(z) - decode(encode(source))`` (HU) instead of
             ``decode(z)``.
+        source_lowpass_sigma: 0 (the spec), or the in-plane Gaussian sigma (pixels) below which
+            the output's frequencies are the source's own (:mod:`bundle.inference.low_frequency`:
+            the band the noise barely reaches, so no HU bias can enter there).
     """
 
     def __init__(
@@ -107,6 +111,7 @@ class CTEnhancer(nn.Module):
         window_batch_size: int = 4,
         fidelity_weight: float = 1.0,
         residual: bool = False,
+        source_lowpass_sigma: float = 0.0,
         precision: str = "fp32",
     ) -> None:
         super().__init__()
@@ -134,6 +139,7 @@ class CTEnhancer(nn.Module):
         self.window_batch_size = window_batch_size
         self.fidelity_weight = float(fidelity_weight)
         self.residual = bool(residual)
+        self.source_lowpass_sigma = float(source_lowpass_sigma)
 
     # --- file format ----------------------------------------------------------------------------
     def get_extra_state(self) -> dict[str, Any]:
@@ -269,6 +275,7 @@ class CTEnhancer(nn.Module):
             hu = self.windows.to_hu(self.decode(z0 / self.scale_factor, source, fidelity_weight))
             if residual:
                 hu = padded + (hu - source_recon)
+            hu = keep_source_low_frequencies(hu, padded, self.source_lowpass_sigma)
             samples.append(hu[crop])
         stack = torch.stack(samples)
         mean = stack.mean(0)
@@ -325,7 +332,7 @@ class CTEnhancer(nn.Module):
         best = self.reconstruct(target_hu, source_hu if self.has_fidelity_path else None)
         if self.residual:
             best = source_hu + best - self.reconstruct(source_hu, source_hu if self.has_fidelity_path else None)
-        return best
+        return keep_source_low_frequencies(best, source_hu, self.source_lowpass_sigma)
 
     def encode(self, channels: torch.Tensor) -> torch.Tensor:
         """Posterior mean of the VAE, in overlapping image tiles."""

@@ -62,10 +62,10 @@ def test_whole_recipe_phases_and_model_file(make_parser, tiny_overrides, recipe_
     assert extra["geometry"]["image_tile"] == [8, 64, 64]
     if variant == "fidelity":
         assert extra["autoencoder"]["fidelity_channels"] == [8, 16, 16]
-        assert extra["output"] == {"fidelity_weight": 0.8, "residual": True}
+        assert extra["output"] == {"fidelity_weight": 0.8, "residual": True, "source_lowpass_sigma": 0.0}
     else:
         assert "fidelity_channels" not in extra["autoencoder"]
-        assert extra["output"] == {"fidelity_weight": 1.0, "residual": False}
+        assert extra["output"] == {"fidelity_weight": 1.0, "residual": False, "source_lowpass_sigma": 0.0}
 
     from bundle.inference import CTEnhancer
 

@@ -228,7 +228,7 @@ def run_batch(
     settings = {"steps": int(steps), "eta": float(eta), "strength": float(strength),
                 "num_samples": int(num_samples), "seed": int(seed)}
     # output settings of the enhancer (a re-run with another fidelity weight must not skip)
-    settings.update({key: getattr(enhancer, key) for key in ("fidelity_weight", "residual") if hasattr(enhancer, key)})
+    settings.update({key: getattr(enhancer, key) for key in ("fidelity_weight", "residual", "source_lowpass_sigma") if hasattr(enhancer, key)})
 
     # log lines go above the progress bars instead of through them
     redirect = logging_redirect_tqdm() if progress else contextlib.nullcontext()
