@@ -19,34 +19,22 @@ import pytest
 import torch
 import yaml
 
-from tests.engines.conftest import REPO, TINY_NETWORK
+from tests.engines.conftest import REPO
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
 
 CONFIGS = REPO / "configs"
 
 
-def tiny_config(tmp_path: Path, dataset: Path, name: str, batch_size: int) -> tuple[Path, Path]:
-    """An override file for the tiny recipe; returns (file, its output dir)."""
+def tiny_config(tmp_path: Path, tiny_overrides: dict, name: str, batch_size: int) -> tuple[Path, Path]:
+    """The engine tests' tiny recipe as an override file; returns (file, its output dir)."""
     out = tmp_path / name
     config = {
-        "dataset_dir": str(dataset),
+        **tiny_overrides,
         "output_dir": str(out),
         "model_path": str(out / "model.pt"),
-        "network": dict(TINY_NETWORK),
-        "train_patch_size": [8, 64, 64],
         "batch_size": batch_size,
         "samples_per_volume": 2,      # 2 volumes x 2 crops = 4 samples: 2 global batches of 2 per epoch
-        "vae_epochs": 1,
-        "num_epochs": 2,
-        "phase1_epochs": 1,
-        "num_workers": 0,
-        "cache": "none",
-        "save_every": 1,
-        "val_interval": 2,
-        "val_num_inference_steps": 2,
-        "amp": "fp32",
-        "device": "$torch.device('cpu')",
         "redcnn_path": str(out / "no_redcnn.pt"),
     }
     path = tmp_path / f"{name}.yaml"
@@ -70,8 +58,8 @@ def weights(model_file: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
 
 
-def test_two_processes_train_all_stages_like_one_process_of_the_global_batch(tiny_dataset, tmp_path):
-    two, out_two = tiny_config(tmp_path, tiny_dataset, "two", batch_size=1)
+def test_two_processes_train_all_stages_like_one_process_of_the_global_batch(tiny_overrides, tmp_path):
+    two, out_two = tiny_config(tmp_path, tiny_overrides, "two", batch_size=1)
     result = run([CONFIGS / "train.yaml", two, CONFIGS / "multi_gpu_train.yaml"], processes=2)
     log = result.stdout + result.stderr
     # every stage ended with the same weights on both ranks (the trainers check it)
@@ -79,7 +67,7 @@ def test_two_processes_train_all_stages_like_one_process_of_the_global_batch(tin
     assert "weights identical on all 2 ranks: unet, vae" in log  # phase 2 trains both
     assert "phase 2 at epoch 2" in log
     assert (out_two / "model.pt").is_file() and (out_two / "checkpoints" / "vae_final.pt").is_file()
-    one, out_one = tiny_config(tmp_path, tiny_dataset, "one", batch_size=2)
+    one, out_one = tiny_config(tmp_path, tiny_overrides, "one", batch_size=2)
     run([CONFIGS / "train.yaml", one], processes=1)
     # rank 0 alone logs: as many TensorBoard streams as one process writes
     streams = [len(list((out / "tensorboard").glob("events.*"))) for out in (out_two, out_one)]
@@ -107,8 +95,8 @@ def test_two_processes_train_all_stages_like_one_process_of_the_global_batch(tin
     shutil.rmtree(out_two, ignore_errors=True)
 
 
-def test_multi_gpu_config_without_torchrun_says_how_to_launch(tmp_path, tiny_dataset):
-    config, _ = tiny_config(tmp_path, tiny_dataset, "plain", batch_size=1)
+def test_multi_gpu_config_without_torchrun_says_how_to_launch(tmp_path, tiny_overrides):
+    config, _ = tiny_config(tmp_path, tiny_overrides, "plain", batch_size=1)
     files = f"['{CONFIGS / 'train.yaml'}','{config}','{CONFIGS / 'multi_gpu_train.yaml'}']"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     result = subprocess.run(
