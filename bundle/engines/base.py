@@ -210,7 +210,9 @@ class RecipeTrainer(Trainer):
 
     def attach_checkpointing(self) -> None:
         if self._checkpoint is not None:
-            return  # distributed: on every rank (ignite's Checkpoint syncs them); its DiskSaver writes on rank 0
+            return
+        # distributed: attached on every rank (ignite's Checkpoint synchronises the ranks when it is
+        # built); its DiskSaver writes on rank 0 only
         self._checkpoint = make_checkpoint_handler(self._to_save(), self.ckpt_dir, self.checkpoint_prefix)
         self.add_event_handler(Events.ITERATION_COMPLETED(event_filter=self._checkpoint_due), self._checkpoint)
         self.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self._epoch_checkpoint_due), self._checkpoint)
