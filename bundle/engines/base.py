@@ -211,8 +211,8 @@ class RecipeTrainer(Trainer):
     def attach_checkpointing(self) -> None:
         if self._checkpoint is not None:
             return
-        # distributed: attached on every rank (ignite's Checkpoint synchronises the ranks when it is
-        # built); its DiskSaver writes on rank 0 only
+        # distributed: attached on every rank (ignite's Checkpoint constructor calls idist.sync, a
+        # collective: attached on rank 0 alone it deadlocked); its DiskSaver writes on rank 0 only
         self._checkpoint = make_checkpoint_handler(self._to_save(), self.ckpt_dir, self.checkpoint_prefix)
         self.add_event_handler(Events.ITERATION_COMPLETED(event_filter=self._checkpoint_due), self._checkpoint)
         self.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self._epoch_checkpoint_due), self._checkpoint)
@@ -220,6 +220,7 @@ class RecipeTrainer(Trainer):
     def resume(self) -> bool:
         """Load the newest checkpoint of this stage, if any. Returns whether one was loaded."""
         path = latest_checkpoint(self.ckpt_dir, self.checkpoint_prefix)
+        distributed.same_on_all_ranks(None if path is None else path.name, f"newest {self.checkpoint_prefix} checkpoint")
         if path is None:
             return False
         checkpoint = load_checkpoint(path, map_location=self.state.device)
@@ -255,3 +256,4 @@ class RecipeTrainer(Trainer):
         super().run()
         if self.distributed:
             distributed.check_in_sync(self.trainable_modules())
+            self._ddp = None  # its gradient buckets and hooks are not needed after the stage

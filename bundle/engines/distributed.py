@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -43,6 +44,7 @@ __all__ = [
     "local_device",
     "rank",
     "rank_rows",
+    "same_on_all_ranks",
     "world_size",
 ]
 
@@ -68,10 +70,14 @@ def barrier() -> None:
         dist.barrier()
 
 
-def init_process_group(backend: str | None = None) -> torch.device:
+def init_process_group(backend: str | None = None, timeout_minutes: float = 60.0) -> torch.device:
     """Join the process group ``torchrun`` describes (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``...)
     and return this process's device: ``cuda:LOCAL_RANK`` with NCCL where GPUs exist, else the
-    CPU with gloo. Idempotent; without ``torchrun``'s variables it is an error that says so."""
+    CPU with gloo. Idempotent; without ``torchrun``'s variables it is an error that says so.
+
+    ``timeout_minutes``: how long a collective may wait. Rank 0 validates alone while the others
+    wait in the next step's all-reduce, so it must exceed one validation (NCCL's default is 10).
+    """
     missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing and not is_distributed():
         raise RuntimeError(
@@ -84,7 +90,7 @@ def init_process_group(backend: str | None = None) -> torch.device:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not is_distributed():
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
         logger.info("rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
     return device
 
@@ -101,6 +107,21 @@ def destroy_process_group() -> None:
     if is_distributed():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def same_on_all_ranks(value, what: str) -> None:
+    """Raise on every rank if ``value`` (a picklable fact, e.g. the newest checkpoint's name) is
+    not the same on all ranks: resume and skip decisions read files, so every process must see
+    the same ``output_dir`` (shared storage on several machines)."""
+    if not is_distributed():
+        return
+    values: list = [None] * world_size()
+    dist.all_gather_object(values, value)
+    if any(v != values[0] for v in values):
+        raise RuntimeError(
+            f"the ranks see different {what}: {values}. Every process must see the same output_dir "
+            "(on several machines: a shared filesystem)."
+        )
 
 
 def rank_rows(global_tensor: torch.Tensor, blocks: int = 1) -> torch.Tensor:
@@ -158,12 +179,14 @@ def check_in_sync(modules: dict[str, nn.Module]) -> None:
     if not is_distributed():
         return
     for name, module in modules.items():
-        flat = torch.cat([p.detach().flatten().double() for p in module.parameters()])
-        low, high = flat.clone(), flat.clone()
-        dist.all_reduce(low, op=dist.ReduceOp.MIN)
-        dist.all_reduce(high, op=dist.ReduceOp.MAX)
-        if not torch.equal(low, high):
-            raise RuntimeError(f"the {name} weights differ between ranks (max difference {float((high - low).max()):.3g}).")
+        worst = 0.0
+        for parameter in module.parameters():  # one tensor at a time: no copy of the whole model
+            low, high = parameter.detach().clone(), parameter.detach().clone()
+            dist.all_reduce(low, op=dist.ReduceOp.MIN)
+            dist.all_reduce(high, op=dist.ReduceOp.MAX)
+            worst = max(worst, float((high - low).abs().max()))
+        if worst > 0:
+            raise RuntimeError(f"the {name} weights differ between ranks (max difference {worst:.3g}).")
     logger.info("weights identical on all %d ranks: %s", world_size(), ", ".join(modules))
 
 

@@ -168,6 +168,13 @@ class VAEStage(RecipeTrainer):
     # --- the stage as a whole -------------------------------------------------------------------
     def run(self) -> None:  # type: ignore[override]
         """Train (or resume, or skip) and leave the trained VAE and its scale factor in place."""
+        distributed.same_on_all_ranks(self.final_path.exists(), f"{self.final_path} (exists)")
+        if self.distributed and self.discriminator is not None:
+            raise NotImplementedError(
+                "the adversarial term is not supported in distributed training yet: MONAI's "
+                "PatchDiscriminator normalises with BatchNorm over each rank's share of the batch. "
+                "Train the VAE stage in one process (or set adversarial_weight: 0)."
+            )
         if self.final_path.exists():
             self._load_final(self.final_path)
             logger.info("VAE stage done before (%s); scale factor %.4f", self.final_path, self.scale_factor)

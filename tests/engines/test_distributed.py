@@ -105,3 +105,21 @@ def test_multi_gpu_config_without_torchrun_says_how_to_launch(tmp_path, tiny_ove
     )
     assert result.returncode != 0
     assert "launch with torchrun" in result.stderr
+
+
+def test_ranks_that_see_different_files_stop_with_a_message(tmp_path, tiny_overrides):
+    # rank 0's output_dir holds a finished VAE stage, rank 1's is empty (machines without a shared
+    # filesystem): one would skip the stage and the other train it, and the collectives would hang
+    done, out = tiny_config(tmp_path, tiny_overrides, "rank0", batch_size=1)
+    run([CONFIGS / "train.yaml", done], processes=1)
+    assert (out / "checkpoints" / "vae_final.pt").is_file()
+    split = tmp_path / "split.yaml"
+    split.write_text(yaml.safe_dump({"output_dir": f"$'{tmp_path}/rank' + os.environ['RANK']"}))
+    files = "[" + ",".join(f"'{c}'" for c in (CONFIGS / "train.yaml", done, split, CONFIGS / "multi_gpu_train.yaml")) + "]"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
+               "run", "training", "--config_file", files]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode != 0
+    assert "the ranks see different" in result.stdout + result.stderr
+    assert "shared filesystem" in result.stdout + result.stderr
