@@ -39,9 +39,8 @@ class RecipeTrainer(Trainer):
 
     ``distributed``: one process of a ``torch.distributed`` group (``configs/multi_gpu_train.yaml``,
     :mod:`bundle.engines.distributed`): what :meth:`trainable_modules` returns trains under
-    DistributedDataParallel (no gradient sync inside an accumulation window), gradients of other
-    optimized parameters (the discriminator) are averaged by hand, and only rank 0 writes
-    checkpoints.
+    DistributedDataParallel (no gradient sync inside an accumulation window; the VAE stage refuses
+    a discriminator), and only rank 0 writes checkpoints.
     """
 
     checkpoint_prefix = "train"
@@ -153,8 +152,6 @@ class RecipeTrainer(Trainer):
 
     def optimizer_step(self) -> None:
         """Unscale (fp16), clip each optimizer's gradient norm, step, zero."""
-        if self._ddp is not None:
-            self._average_other_gradients()
         for optimizer in self.optimizers():
             if self.grad_scaler is not None:
                 self.grad_scaler.unscale_(optimizer)
@@ -173,20 +170,6 @@ class RecipeTrainer(Trainer):
 
     def after_optimizer_step(self) -> None:
         """Hook (the diffusion stage updates its EMA here)."""
-
-    def _average_other_gradients(self) -> None:
-        """Mean over ranks of the gradients DDP does not own (a discriminator's), one all-reduce."""
-        owned = {id(p) for p in self._ddp.parameters()}
-        grads = [p.grad for optimizer in self.optimizers() for group in optimizer.param_groups
-                 for p in group["params"] if p.grad is not None and id(p) not in owned]
-        if not grads:
-            return
-        flat = torch.cat([g.flatten() for g in grads])
-        flat = distributed.all_reduce_sum(flat) / distributed.world_size()
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
 
     # --- checkpoints ---------------------------------------------------------------------------
     def _to_save(self) -> dict:
