@@ -1,4 +1,5 @@
-"""The data chains of configs/common.yaml: paired crops, padding, orientation, caching.
+"""The data chains of configs/common.yaml (paired crops, padding, orientation, caching) and the
+inference preprocessing of configs/inference.yaml.
 
 Volumes are built in the convention the chains produce, ``vol[s, h, w]`` = (slice inferior ->
 superior, row anterior -> posterior, column patient right -> left), and written to NIfTI with
@@ -21,6 +22,7 @@ from bundle.data.transforms import BodyMaskd, CTImageReader, LoadCTd, SameGridd,
 from bundle.data.windows import ChannelsToHUd, HUWindows
 
 COMMON = Path(__file__).resolve().parents[2] / "configs" / "common.yaml"
+INFERENCE = COMMON.with_name("inference.yaml")
 SPACING = (2.5, 0.7, 0.8)  # (slice, row, column) mm; all different so a swapped axis shows
 ORIGIN_RAS = np.array([40.0, 90.0, -300.0])  # RAS mm of vol[0, 0, 0]
 SHAPE = (5, 48, 40)  # (S, H, W): fewer slices and a smaller plane than the default patch
@@ -37,6 +39,12 @@ def parser(**overrides) -> ConfigParser:
 
 def chain(name: str, **overrides):
     return parser(**overrides).get_parsed_content(name)
+
+
+def inference_preprocessing():
+    config = ConfigParser()
+    config.read_config(str(INFERENCE))
+    return config.get_parsed_content("preprocessing")
 
 
 def spl_affine() -> np.ndarray:
@@ -169,14 +177,13 @@ def test_every_storage_order_loads_in_the_same_anatomical_layout(tmp_path, layou
     marker = (4, 3, 5)  # top slice (superior), near the front (anterior), near the patient's right
     vol[marker] = 1000.0
     path = write(tmp_path / f"{layout}_source.nii.gz", vol, layout)
-    item = chain("preprocessing")({"source": path})
-    source = item["source"]
-    assert source.shape == (1, 8, 48, 40)  # slices padded to num_slices=8, 48 and 40 divisible by 8
+    item = inference_preprocessing()({"image": path})
+    source = item["image"]
+    assert source.shape == (1, *SHAPE)  # no padding: CTEnhancer pads to its own tiles
     assert source.dtype == torch.float32
     values = source[0].numpy()
     assert np.unravel_index(np.argmax(values), values.shape) == marker
-    np.testing.assert_array_equal(values[:5], vol)
-    np.testing.assert_array_equal(values[5:], -1000.0)  # padding at the end: air
+    np.testing.assert_array_equal(values, vol)
     assert nib.aff2axcodes(source.affine.numpy()) == ("S", "P", "L")
     np.testing.assert_allclose(source.affine.numpy(), spl_affine(), atol=1e-4)
 
@@ -184,14 +191,14 @@ def test_every_storage_order_loads_in_the_same_anatomical_layout(tmp_path, layou
 def test_postprocessing_restores_the_file_layout(tmp_path):
     vol = body_volume(4, shape=(5, 42, 37))  # not divisible by 8 in-plane
     path = write(tmp_path / "odd_source.nii.gz", vol, "ras")
-    preprocessing = chain("preprocessing")
-    item = preprocessing({"source": path})
-    assert item["source"].shape == (1, 8, 48, 40)
-    item["pred"] = WINDOWS.to_channels(item["source"])  # an identity "network" with window outputs
+    preprocessing = inference_preprocessing()
+    item = preprocessing({"image": path})
+    assert item["image"].shape == (1, 5, 42, 37)
+    item["pred"] = WINDOWS.to_channels(item["image"])  # an identity "network" with window outputs
     post = Compose(
         [
             ChannelsToHUd(keys="pred", windows=parser()["hu_windows"]),
-            Invertd(keys="pred", transform=preprocessing, orig_keys="source"),
+            Invertd(keys="pred", transform=preprocessing, orig_keys="image"),
         ]
     )
     restored = post(item)["pred"]

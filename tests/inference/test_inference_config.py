@@ -17,26 +17,42 @@ from monai.bundle import ConfigParser
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = "configs/inference.yaml"
 TINY_NETWORK = yaml.safe_load((Path(__file__).resolve().parents[1] / "tiny.yaml").read_text())["network"]
-# tiles for 64 x 64 volumes (the defaults are the spec's 128 x 128 slabs; padding to them is slower)
-TINY = {
-    "network": TINY_NETWORK,
-    "fidelity_channels": "$None",  # (an expression: monai.bundle.run drops None arguments) configs/demo.yaml sets the demo's path; the tiny model has none
+# tiles for 64 x 64 volumes (the spec's are 128 x 128 slabs; padding to them is slower), stored in
+# the model file like every geometry setting
+TINY_GEOMETRY = {
     "latent_window": [8, 8, 8],
     "latent_overlap": [4, 4, 4],
     "image_tile": [8, 64, 64],
     "image_overlap": [4, 32, 32],
 }
-
-
+CPU = {"device": "$torch.device('cpu')"}
 
 
 def parse(overrides: dict, files=(CONFIG,)) -> ConfigParser:
     parser = ConfigParser()
-    with contextlib.chdir(REPO):  # the configs' macros name configs/common.yaml relative to the root
+    with contextlib.chdir(REPO):
         parser.read_config([str(f) for f in files])
         parser.update(overrides)
         parser.parse()
     return parser
+
+
+def build_tiny_model(path: Path, network: dict = TINY_NETWORK, seed: int = 0) -> Path:
+    """A random model file of the tiny sizes, built from configs/common.yaml's network definitions
+    (the ones training uses), its U-Net perturbed so that the sampler's output depends on it."""
+    from bundle.inference import CTEnhancer
+
+    common = parse({"network": network, "fidelity_channels": "$None"}, files=("configs/common.yaml",))
+    network = CTEnhancer(
+        common.get_parsed_content("autoencoder_def"), common.get_parsed_content("unet_def"),
+        hu_windows=common.get_parsed_content("hu_windows"), **TINY_GEOMETRY,
+    )
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in network.unet.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    network.save(path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -50,16 +66,7 @@ def demo(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
-    """A random model built by the config itself (so its stored architecture matches)."""
-    with contextlib.chdir(REPO):
-        network = parse(TINY).get_parsed_content("network_def")
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in network.unet.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    network.save(path)
-    return path
+    return build_tiny_model(tmp_path_factory.mktemp("model") / "model.pt")
 
 
 def run_inference(config_files, **overrides) -> None:
@@ -85,7 +92,7 @@ def check_output(path: Path, source) -> nib.Nifti1Image:
 def test_datalist_test_entries_combined_with_demo_config(demo, model_path, tmp_path):
     output_dir = tmp_path / "out"
     run_inference(
-        [CONFIG, "configs/demo.yaml"], **TINY, model_path=str(model_path), dataset_dir=str(demo),
+        [CONFIG, "configs/demo.yaml"], model_path=str(model_path), dataset_dir=str(demo),
         output_dir=str(output_dir), num_inference_steps=2, device="$torch.device('cpu')",
     )
     from bundle.data.datalist import load_datalist
@@ -110,7 +117,7 @@ def test_input_dir_with_nifti_and_dicom_series_writes_int16(demo, model_path, tm
     shutil.copytree(demo / "dicom" / "demo002", input_dir / "series_a")
     output_dir = tmp_path / "out"
     run_inference(
-        [CONFIG], **TINY, model_path=str(model_path), input_dir=str(input_dir), output_dir=str(output_dir),
+        [CONFIG], model_path=str(model_path), input_dir=str(input_dir), output_dir=str(output_dir),
         num_inference_steps=2, output_dtype="int16", device="$torch.device('cpu')",
     )
     odd = check_output(output_dir / "odd_enhanced.nii.gz", input_dir / "odd.nii.gz")
@@ -120,10 +127,13 @@ def test_input_dir_with_nifti_and_dicom_series_writes_int16(demo, model_path, tm
 
 
 def test_deploy_ids_and_state_dict_loading(model_path):
-    parser = parse({**TINY, "model_path": str(model_path), "device": "$torch.device('cpu')"})
+    parser = parse({"model_path": str(model_path), **CPU})
     for key in ("network_def", "preprocessing", "postprocessing", "inferer", "device"):
         assert key in parser
     network = parser.get_parsed_content("network_def")
+    # the file's sizes and geometry, not the spec's defaults
+    assert network.autoencoder.config["channels"] == TINY_NETWORK["vae_channels"]
+    assert list(network.latent_window) == TINY_GEOMETRY["latent_window"]
     # MONAI Deploy / Label: one network, one file, load_state_dict(torch.load(..., weights_only=True))
     network.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True))
     inferer = parser.get_parsed_content("inferer")
@@ -133,11 +143,18 @@ def test_deploy_ids_and_state_dict_loading(model_path):
     assert out.shape == source.shape and torch.isfinite(out).all()
 
 
-def test_model_file_of_another_architecture_is_refused(model_path):
-    other = {**TINY_NETWORK, "unet_model_channels": 8}
-    network = parse({**TINY, "network": other}).get_parsed_content("network_def")
+def test_model_file_of_another_architecture_is_refused(model_path, tmp_path):
+    other = build_tiny_model(tmp_path / "other.pt", network={**TINY_NETWORK, "unet_model_channels": 8})
+    network = parse({"model_path": str(other), **CPU}).get_parsed_content("network_def")
     with pytest.raises(ValueError, match="unet"):
         network.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True))
+
+
+def test_missing_model_file_is_named(tmp_path):
+    with pytest.raises(RuntimeError) as error:  # monai.bundle wraps what the constructor raised
+        parse({"model_path": str(tmp_path / "nowhere.pt"), **CPU}).get_parsed_content("network_def")
+    assert isinstance(error.value.__cause__, FileNotFoundError)
+    assert "nowhere.pt not found" in str(error.value.__cause__)
 
 
 def test_postprocessing_undoes_preprocessing_exactly(tmp_path):
@@ -151,7 +168,7 @@ def test_postprocessing_undoes_preprocessing_exactly(tmp_path):
     nib.save(nib.Nifti1Image(data, affine), str(input_dir / "rotated.nii.gz"))
     output_dir = tmp_path / "out"
     run_inference(
-        [CONFIG], **TINY, network_def="$torch.nn.Identity()", initialize=[], input_dir=str(input_dir),
+        [CONFIG], network_def="$torch.nn.Identity()", input_dir=str(input_dir),
         output_dir=str(output_dir), device="$torch.device('cpu')",
     )
     image = nib.load(str(output_dir / "rotated_enhanced.nii.gz"))

@@ -78,7 +78,7 @@ def _output_folder(job: Job, output_dir: Path) -> Path:
     return folder
 
 
-def _enhance_volume(enhancer, volume, settings: dict, progress: bool):
+def enhance_volume(enhancer, volume, settings: dict, progress: bool = False):
     """HU of ``volume`` enhanced, in its own ``[k, j, i]`` order: ``(hu, uncertainty or None)``."""
     spl, back = network_layout(volume)
     result = enhancer.enhance(
@@ -112,7 +112,7 @@ def _process(job: Job, folder: Path, enhancer, settings: dict, formats: set[str]
         shutil.rmtree(staging)  # an interrupted earlier attempt: ours, inside OUTPUT
     staging.mkdir(parents=True)
     try:
-        hu, spread = _enhance_volume(enhancer, volume, settings, progress)
+        hu, spread = enhance_volume(enhancer, volume, settings, progress)
         written: list[str] = []
         if job.row.kind == "dicom" and "dicom" in formats:
             paths = write_derived_series(
@@ -225,10 +225,7 @@ def run_batch(
         raise BatchError(f"sampler settings: {exc}") from None
     software_version = software_version or f"ctv2v {bundle.__version__}"
     formats = {"dicom", "nifti"} if output_format == "both" else {output_format}
-    settings = {"steps": int(steps), "eta": float(eta), "strength": float(strength),
-                "num_samples": int(num_samples), "seed": int(seed)}
-    # output settings of the enhancer (a re-run with another fidelity weight must not skip)
-    settings.update({key: getattr(enhancer, key) for key in ("fidelity_weight", "residual", "source_lowpass_sigma") if hasattr(enhancer, key)})
+    settings = recorded_settings(enhancer, steps=steps, eta=eta, strength=strength, num_samples=num_samples, seed=seed)
 
     # log lines go above the progress bars instead of through them
     redirect = logging_redirect_tqdm() if progress else contextlib.nullcontext()
@@ -265,6 +262,17 @@ def run_batch(
     result = BatchResult(rows, summary)
     logger.info("done: %s; summary %s", ", ".join(f"{n} {s}" for s, n in sorted(result.counts().items())), summary)
     return result
+
+
+def recorded_settings(enhancer, *, steps: int, eta: float, strength: float, num_samples: int, seed: int) -> dict:
+    """The sampler settings of a run plus the enhancer's output settings: what the outputs record
+    (DICOM tags, completion marker) and what a re-run compares (another fidelity weight must not
+    count as done). The batch tool and the MONAI Deploy app record the same dict."""
+    settings = {"steps": int(steps), "eta": float(eta), "strength": float(strength),
+                "num_samples": int(num_samples), "seed": int(seed)}
+    settings.update({key: getattr(enhancer, key) for key in ("fidelity_weight", "residual", "source_lowpass_sigma")
+                     if hasattr(enhancer, key)})
+    return settings
 
 
 def model_version_of(path: str | os.PathLike) -> str:
