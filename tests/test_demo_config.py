@@ -63,9 +63,19 @@ def test_spec_exact_is_one_file_away(recipe):
     assert parser.get_parsed_content("enhancer_settings")["source_lowpass_sigma"] == 0.0
 
 
-def test_full_size_recipe_is_the_spec_but_for_the_prediction_type():
-    """train.yaml alone: the spec's networks and losses; v-prediction is its one measured change."""
-    spec, recipe = parser_for("train", "spec_exact"), parser_for("train")
+def test_full_size_default_is_the_demo_design_at_full_widths():
+    """train.yaml alone: the spec's network sizes with the measured design of the demo (the path at
+    the VAE's three finest widths, starting as the input; the gradient term; the low band from the
+    source; v-prediction). Built on the meta device: nothing is allocated."""
+    import torch
+
+    recipe, demo, spec = parser_for("train"), parser_for("train", "demo"), parser_for("train", "spec_exact")
     assert recipe.get_parsed_content("network") == spec.get_parsed_content("network")
-    assert loss_terms(recipe.get_parsed_content("reconstruction_loss")) == loss_terms(spec.get_parsed_content("reconstruction_loss"))
-    assert recipe.get_parsed_content("prediction_type") == "v_prediction"
+    with torch.device("meta"):
+        vae = recipe.get_parsed_content("autoencoder_def")
+    assert vae.config["fidelity_channels"] == [128, 256, 512]
+    assert recipe.get_parsed_content("fidelity_start") == "source"  # an initialisation: not in the file
+    assert loss_terms(recipe.get_parsed_content("reconstruction_loss")) == loss_terms(demo.get_parsed_content("reconstruction_loss"))
+    for key in ("fidelity_loss_weight", "prediction_type"):
+        assert recipe.get_parsed_content(key) == demo.get_parsed_content(key)
+    assert recipe.get_parsed_content("enhancer_settings")["source_lowpass_sigma"] == 3.0

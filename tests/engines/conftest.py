@@ -25,10 +25,19 @@ FIDELITY_OVERRIDES = {
 }
 
 
+# The spec's VAE and losses on top of the recipe's defaults (which add the fidelity path, the low
+# band from the source and a gradient term: configs/train.yaml).
+SPEC_OVERRIDES = {
+    "fidelity_channels": "$None",
+    "source_lowpass_sigma": 0.0,
+    "reconstruction_loss#gradient": 0.0,
+}
+
+
 @pytest.fixture(params=["spec", "fidelity"])
 def recipe_variant(request) -> tuple[str, dict]:
-    """(name, overrides on top of tiny_overrides): the spec recipe and the fidelity settings."""
-    return request.param, (dict(FIDELITY_OVERRIDES) if request.param == "fidelity" else {})
+    """(name, overrides on top of tiny_overrides): the spec's VAE and the fidelity settings."""
+    return request.param, dict(FIDELITY_OVERRIDES if request.param == "fidelity" else SPEC_OVERRIDES)
 
 
 
