@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "bundle.commands.simulate",
     "bundle.commands.evaluate",
     "bundle.commands.enhance",
+    "bundle.commands.export",
 ]
 
 
