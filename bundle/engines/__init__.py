@@ -1,5 +1,6 @@
 """Training and validation engines (ignite, through MONAI's workflows)."""
 
+from bundle.engines.base import NonFiniteError
 from bundle.engines.diffusion_trainer import LatentDiffusionTrainer
 from bundle.engines.handlers import GroupLRSchedule, TrainingState, make_ema
 from bundle.engines.losses import ReconstructionLoss
@@ -11,6 +12,7 @@ __all__ = [
     "EnhancementValidator",
     "GroupLRSchedule",
     "LatentDiffusionTrainer",
+    "NonFiniteError",
     "ReconstructionLoss",
     "ResumableSampler",
     "SeededDataset",

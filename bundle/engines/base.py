@@ -18,6 +18,13 @@ from bundle.utils.precision import autocast, resolve_precision
 logger = logging.getLogger(__name__)
 
 
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+class NonFiniteError(RuntimeError):
+    """A NaN or Inf loss or gradient stopped training (``nonfinite: stop``)."""
+
+
 class RecipeTrainer(Trainer):
     """A MONAI ``Trainer`` with the optimisation and checkpoint logic of this recipe.
 
@@ -36,6 +43,12 @@ class RecipeTrainer(Trainer):
     only where no accumulated gradient is pending (a checkpoint cannot hold one): a due save
     inside a window moves to the window's end. Calling :meth:`run` again resumes from the
     newest one, bit for bit.
+
+    ``nonfinite``: what a NaN/Inf loss or gradient does. ``"stop"`` (default) raises
+    :class:`NonFiniteError`, one line naming the stage, epoch and iteration, before anything is
+    saved after it (the newest checkpoint is the last good state; re-running resumes from it).
+    ``"skip"`` drops that optimizer step (the window's gradients) and counts it in
+    ``state.nonfinite_skips``. With fp16 the gradient scaler already skips overflowing steps.
 
     ``distributed``: one process of a ``torch.distributed`` group (``configs/multi_gpu_train.yaml``,
     :mod:`bundle.engines.distributed`): what :meth:`trainable_modules` returns trains under
@@ -60,7 +73,10 @@ class RecipeTrainer(Trainer):
         handlers=None,
         epoch_length: int | None = None,
         distributed: bool = False,
+        nonfinite: str = "stop",
     ) -> None:
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite = {nonfinite!r}: allowed {NONFINITE_POLICIES}")
         super().__init__(
             device=torch.device(device),
             max_epochs=max_epochs,
@@ -80,6 +96,8 @@ class RecipeTrainer(Trainer):
         self._checkpoint = None
         self.distributed = bool(distributed)
         self._ddp = None
+        self.nonfinite = nonfinite
+        self.state.nonfinite_skips = 0
 
     # --- subclass API -----------------------------------------------------------------------
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -143,6 +161,9 @@ class RecipeTrainer(Trainer):
         with sync:
             with autocast(self.state.device, self.precision):
                 loss, terms = forward(batchdata)
+            if self.nonfinite == "stop" and self._ddp is None and not torch.isfinite(loss.detach()).all():
+                # (under DDP every rank must run the backward: the step's gradient check decides)
+                self.fail_nonfinite(f"loss ({float(loss.detach())})")
             self.backward(loss)
         if steps:
             self.optimizer_step()
@@ -150,8 +171,40 @@ class RecipeTrainer(Trainer):
         terms["lr"] = self.optimizer.param_groups[0]["lr"]
         return terms
 
+    def fail_nonfinite(self, what: str) -> None:
+        """Stop with one line naming the stage, epoch and iteration (``nonfinite: stop``)."""
+        newest = latest_checkpoint(self.ckpt_dir, self.checkpoint_prefix)
+        message = (f"{self.stage_name}: non-finite {what} at epoch {self.state.epoch}, iteration "
+                   f"{self.state.iteration}; nothing after it was saved, the newest checkpoint is "
+                   f"{newest if newest else 'none (the run starts over)'} (set nonfinite: skip to drop such steps)")
+        logger.error(message)
+        raise NonFiniteError(message)
+
+    @property
+    def stage_name(self) -> str:
+        return self.checkpoint_prefix
+
+    def _gradients_finite(self) -> bool:
+        """Whether every gradient of every optimizer is finite (after DDP's all-reduce, so every
+        rank decides alike; a NaN anywhere in the window survives the accumulation)."""
+        grads = [p.grad for optimizer in self.optimizers() for group in optimizer.param_groups
+                 for p in group["params"] if p.grad is not None]
+        if not grads:
+            return True
+        return bool(torch.isfinite(torch.stack([g.detach().float().abs().sum() for g in grads])).all())
+
     def optimizer_step(self) -> None:
-        """Unscale (fp16), clip each optimizer's gradient norm, step, zero."""
+        """Unscale (fp16), clip each optimizer's gradient norm, step, zero. A non-finite gradient
+        (without fp16's scaler, which skips those steps itself) stops or skips (``nonfinite``)."""
+        if self.grad_scaler is None and not self._gradients_finite():
+            if self.nonfinite == "stop":
+                self.fail_nonfinite("gradient")
+            self.state.nonfinite_skips += 1
+            logger.warning("%s: non-finite gradient at epoch %d, iteration %d: step skipped (%d so far)",
+                           self.stage_name, self.state.epoch, self.state.iteration, self.state.nonfinite_skips)
+            for optimizer in self.optimizers():
+                optimizer.zero_grad(set_to_none=True)
+            return
         for optimizer in self.optimizers():
             if self.grad_scaler is not None:
                 self.grad_scaler.unscale_(optimizer)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ignite.engine import Events
 
 from bundle.engines import distributed
-from bundle.engines.base import RecipeTrainer
+from bundle.engines.base import NonFiniteError, RecipeTrainer
 from bundle.engines.handlers import TrainingState, make_ema
 from bundle.engines.losses import ReconstructionLoss
 from bundle.engines.reproducible import iteration_generator
@@ -222,9 +222,19 @@ class LatentDiffusionTrainer(RecipeTrainer):
         """Write ``model.pt``: everything inference needs, in one file (atomically; rank 0 only,
         the other ranks wait until it is written)."""
         if distributed.is_main_process():
-            self.build_enhancer(hu_windows).save(path)
+            enhancer = self.build_enhancer(hu_windows)
+            bad = [name for name, value in enhancer.state_dict().items()
+                   if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()]
+            if bad:  # a model file with NaN weights would enhance every series into garbage
+                raise NonFiniteError(f"{self.stage_name}: refusing to write {path}: non-finite values in "
+                                     f"{len(bad)} tensors ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
+            enhancer.save(path)
             logger.info("model written to %s", path)
         distributed.barrier()
+
+    @property
+    def stage_name(self) -> str:
+        return f"diffusion phase {self.phase}"
 
     def trainable_modules(self) -> dict:
         return {"unet": self.unet, "vae": self.vae} if self.phase == 2 else {"unet": self.unet}

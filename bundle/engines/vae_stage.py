@@ -80,6 +80,7 @@ class VAEStage(RecipeTrainer):
     """
 
     checkpoint_prefix = "vae"
+    stage_name = "VAE stage"
 
     def __init__(
         self,
