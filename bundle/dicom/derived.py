@@ -16,8 +16,8 @@ What changes for a derived image (DICOM PS3.3: new series, new instances, ImageT
   the seed), DerivationCodeSequence, a SourceImageSequence item naming the source instance of
   the slice, a ContributingEquipmentSequence item for this software (appended to the source's);
 * pixels: signed int16, BitsStored 16, RescaleSlope 1, RescaleIntercept 0, clipped to the
-  source series' own HU range; where the source marks outside-field-of-view padding, the
-  padding is restored from the source (:func:`derived_hu`);
+  source series' own HU range; outside the field of view the source's air (:func:`derived_hu`),
+  and where the source marked it with PixelPaddingValue, that padding value, marked again;
 * removed: tags that describe the old pixels (Smallest/Largest pixel values, icon image, overlays,
   group 7FE0 tables), dose descriptors (CTDIvol, ...: dose monitoring systems must not count
   a derived series as a second exposure) and private tags (vendor data about the source pixels
@@ -39,8 +39,16 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import CTImageStorage
 
+from bundle.dicom.reader import padding_stored
 from bundle.dicom.volume import CTVolume
-from bundle.dicom.writer import INT16_MAX, INT16_MIN, new_file_meta, save_dataset, set_hu_pixels, uid_source
+from bundle.dicom.writer import (
+    INT16_MAX,
+    INT16_MIN,
+    new_file_meta,
+    save_dataset,
+    set_hu_pixels,
+    uid_source,
+)
 
 __all__ = [
     "DERIVED_IMAGE_TYPE",
@@ -102,31 +110,18 @@ def derived_series_description(source_description) -> str:
 def padding_hu(header: Dataset) -> tuple[float, float] | None:
     """The HU interval a slice header marks as padding (outside the field of view), or None.
 
-    From PixelPaddingValue (and PixelPaddingRangeLimit) in stored values, mapped through the
-    header's rescale. Stored values are read as the PixelRepresentation says.
+    From PixelPaddingValue (and PixelPaddingRangeLimit) in stored values
+    (:func:`bundle.dicom.reader.padding_stored`), mapped through the header's rescale.
     """
-    if "PixelPaddingValue" not in header:
+    interval = padding_stored(header)
+    if interval is None:
         return None
-    signed = int(header.get("PixelRepresentation", 0) or 0) == 1
-
-    def stored(keyword: str) -> int | None:
-        element = header[keyword]
-        value = element.value
-        if isinstance(value, bytes):  # VR US or SS undecided at read time: decode by PixelRepresentation
-            value = int.from_bytes(value[:2], "little", signed=signed)
-        elif value is not None and signed and int(value) > INT16_MAX:
-            value = int(value) - 65536
-        return None if value is None or value == "" else int(value)
-
-    low = stored("PixelPaddingValue")
-    if low is None:
+    try:
+        slope = float(header.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(header.get("RescaleIntercept", 0.0) or 0.0)
+    except (TypeError, ValueError, OverflowError):
         return None
-    high = stored("PixelPaddingRangeLimit") if "PixelPaddingRangeLimit" in header else low
-    if high is None:
-        high = low
-    slope = float(header.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(header.get("RescaleIntercept", 0.0) or 0.0)
-    a, b = low * slope + intercept, high * slope + intercept
+    a, b = interval[0] * slope + intercept, interval[1] * slope + intercept
     return (min(a, b), max(a, b))
 
 
@@ -138,11 +133,14 @@ def derived_hu(
     Args:
         enhanced_hu: ``(slices, rows, cols)`` in the source's slice order.
         source: the source volume.
-        padding: per slice, the HU interval of the source's padding (:func:`padding_hu`), or None.
+        padding: per slice, the HU interval of the source's padding (:func:`padding_hu`), or None;
+            used only for a source without ``source.padding`` (one not read by
+            :func:`bundle.dicom.read_series`).
 
     The clip keeps the output inside what the scanner wrote (a generative model may overshoot at
-    edges); the padding region (outside the reconstruction circle) is copied from the source,
-    so viewers and tools that recognise it still do.
+    edges). Outside the field of view (``source.padding``, where the reader put air) the output
+    is the source's air, so no ring or model output shows there; the DICOM writer marks it with
+    PixelPaddingValue again (:func:`write_derived_series`).
     """
     enhanced_hu = np.asarray(enhanced_hu, dtype=np.float32)
     if enhanced_hu.shape != source.hu.shape:
@@ -151,6 +149,10 @@ def derived_hu(
         raise ValueError("enhanced volume contains NaN or infinite values")
     low, high = float(source.hu.min()), float(source.hu.max())
     out = np.clip(enhanced_hu, low, high)
+    mask = getattr(source, "padding", None)
+    if mask is not None:
+        out[mask] = source.hu[mask]
+        return out
     for k, interval in enumerate(padding or ()):
         if interval is not None:
             mask = (source.hu[k] >= interval[0]) & (source.hu[k] <= interval[1])
@@ -187,11 +189,7 @@ def _remove_tags(ds: Dataset) -> None:
             delattr(ds, keyword)
     for tag in list(ds.keys()):
         group = tag.group
-        if 0x6000 <= group <= 0x601E and group % 2 == 0:  # overlays drawn on the old pixels
-            del ds[tag]
-        elif 0x5000 <= group <= 0x501E and group % 2 == 0:  # retired curves
-            del ds[tag]
-        elif group == 0x7FE0:  # pixel data and its tables
+        if 0x6000 <= group <= 0x601E and group % 2 == 0 or 0x5000 <= group <= 0x501E and group % 2 == 0 or group == 0x7FE0:  # overlays drawn on the old pixels
             del ds[tag]
     ds.remove_private_tags()
 
@@ -292,8 +290,14 @@ def write_derived_series(
         previous = list(ds.get("ContributingEquipmentSequence", []) or [])
         ds.ContributingEquipmentSequence = DicomSequence(previous + [equipment])
 
-        set_hu_pixels(ds, stored_hu[k])
-        if padding[k] is not None and INT16_MIN <= padding[k][0] <= INT16_MAX:
+        pixels = stored_hu[k]
+        marked = padding[k] is not None and INT16_MIN <= padding[k][0] <= INT16_MAX
+        if marked and source.padding is not None:
+            # outside the field of view: the source's padding value again, marked as such below
+            pixels = pixels.copy()
+            pixels[source.padding[k]] = round(padding[k][0])
+        set_hu_pixels(ds, pixels)
+        if marked:
             # keep the padding marked, now in our encoding (slope 1, intercept 0, signed: VR SS)
             ds.add_new("PixelPaddingValue", "SS", int(round(padding[k][0])))
             if padding[k][1] != padding[k][0] and INT16_MIN <= padding[k][1] <= INT16_MAX:

@@ -8,6 +8,7 @@ folder or file and the problem. Conventions of the result: :mod:`bundle.dicom.vo
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,10 +17,29 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from bundle.dicom.discovery import _discover, _same_orientation, _text, discover_series, select_reason
+from bundle.dicom.discovery import (
+    _discover,
+    _frames,
+    _int_or_none,
+    _same_orientation,
+    _text,
+    decoder_reason,
+    discover_series,
+    select_reason,
+)
 from bundle.dicom.volume import CTVolume, DicomSeriesError
+from bundle.utils.names import uid_hash
 
-__all__ = ["read_series"]
+__all__ = ["AIR_HU", "OUTSIDE_FOV_BELOW_HU", "padding_stored", "read_series"]
+
+logger = logging.getLogger(__name__)
+
+#: HU given to voxels outside the field of view.
+AIR_HU = -1000.0
+#: Below this, a value is no tissue and no air (air is -1000 HU; noise does not reach 500 HU
+#: below it): a fill outside the field of view that the header did not mark (-2000, -3024, ...).
+OUTSIDE_FOV_BELOW_HU = -1500.0
+_INT16_MIN, _INT16_MAX = -32768, 32767
 
 # Positions and cosines are decimal strings written with 6-16 digits; the tolerances here and in
 # discovery are far above rounding noise and far below a real defect (a missing slice is a 100 %
@@ -30,7 +50,7 @@ _DUPLICATE_MM = 0.01  # two slices closer than this along the normal are the sam
 def _read_dataset(path: Path) -> Dataset:
     try:
         return pydicom.dcmread(path, force=False)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise DicomSeriesError(f"{path}: cannot read DICOM: {type(exc).__name__}: {exc}") from exc
 
 
@@ -74,32 +94,116 @@ def _select_files(
 
 
 def _float_list(ds: Dataset, keyword: str, n: int, path: Path) -> np.ndarray:
-    value = ds.get(keyword, None)
-    if value is None or len(value) != n:
-        raise DicomSeriesError(f"{path}: {keyword} missing or not {n} values")
-    values = np.asarray([float(v) for v in value], float)
+    try:
+        value = ds.get(keyword, None)
+        if value is None or isinstance(value, (str, bytes)) or len(value) != n:
+            raise DicomSeriesError(f"{path}: {keyword} missing or not {n} values")
+        values = np.asarray([float(v) for v in value], float)
+    except (TypeError, ValueError, OverflowError) as exc:
+        if isinstance(exc, DicomSeriesError):
+            raise
+        raise DicomSeriesError(f"{path}: {keyword} is not {n} numbers") from None
     if not np.all(np.isfinite(values)):
         raise DicomSeriesError(f"{path}: {keyword} is not finite: {list(value)}")
     return values
 
 
-def _hu_pixels(ds: Dataset, path: Path) -> np.ndarray:
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise DicomSeriesError(f"{path}: multi-frame image, one slice per file expected")
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise DicomSeriesError(f"{path}: {ds.SamplesPerPixel} samples per pixel, grey-scale expected")
+def _short(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _rescale(ds: Dataset, path: Path) -> tuple[float, float]:
+    """``(slope, intercept)``; missing ones are 1 and 0, anything else must be a finite number."""
+    values = []
+    for keyword, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
+        try:
+            value = ds.get(keyword, None)
+        except Exception:  # noqa: BLE001 - a value pydicom cannot convert
+            raise DicomSeriesError(f"{path}: {keyword} cannot be read as a number") from None
+        if value is None or value == "":
+            values.append(default)
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise DicomSeriesError(f"{path}: {keyword} {_short(value)} is not one number") from None
+        if not np.isfinite(number):
+            raise DicomSeriesError(f"{path}: {keyword} {_short(value)} is not finite")
+        values.append(number)
+    if values[0] == 0:
+        raise DicomSeriesError(f"{path}: RescaleSlope is 0: every pixel would be the same HU")
+    return values[0], values[1]
+
+
+def padding_stored(header: Dataset) -> tuple[int, int] | None:
+    """The stored-value interval a header marks as padding (PixelPaddingValue, and
+    PixelPaddingRangeLimit when present), read as PixelRepresentation says; None without one or
+    when the value cannot be read (a broken optional tag is ignored, not fatal)."""
     try:
-        stored = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001 - missing decoder plugin, truncated data, ...
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-        name = getattr(syntax, "name", syntax)
+        if "PixelPaddingValue" not in header:
+            return None
+        signed = int(header.get("PixelRepresentation", 0) or 0) == 1
+
+        def stored(keyword: str) -> int | None:
+            value = header[keyword].value
+            if isinstance(value, bytes):  # VR US or SS undecided at read time: decode by PixelRepresentation
+                return int.from_bytes(value[:2], "little", signed=signed) if len(value) >= 2 else None
+            if value is None or value == "" or isinstance(value, (str, list, tuple)):
+                return None
+            value = int(value)
+            if signed and value > _INT16_MAX:
+                value -= 65536
+            return value
+
+        low = stored("PixelPaddingValue")
+        if low is None:
+            return None
+        high = stored("PixelPaddingRangeLimit") if "PixelPaddingRangeLimit" in header else None
+        high = low if high is None else high
+        return (min(low, high), max(low, high))
+    except Exception:  # noqa: BLE001 - untrusted optional tag
+        return None
+
+
+def _decode(ds: Dataset, path: Path) -> np.ndarray:
+    frames = _frames(ds)
+    if frames > 1:
+        raise DicomSeriesError(f"{path}: multi-frame image ({ds.get('NumberOfFrames')} frames), one slice per file expected")
+    samples = _int_or_none(ds, "SamplesPerPixel")
+    if samples not in (None, 1):
+        raise DicomSeriesError(f"{path}: {samples} samples per pixel, grey-scale expected")
+    syntax = _text(getattr(ds, "file_meta", Dataset()), "TransferSyntaxUID")
+    try:
+        return ds.pixel_array
+    except Exception as exc:
+        name = getattr(pydicom.uid.UID(syntax), "name", syntax) if syntax else "unknown"
+        needs = decoder_reason(syntax)
+        if needs is not None:
+            raise DicomSeriesError(f"{path}: {needs}") from exc
         raise DicomSeriesError(
             f"{path}: cannot decode pixel data (transfer syntax {name}): {type(exc).__name__}: {exc}"
         ) from exc
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+
+
+def _hu_pixels(ds: Dataset, path: Path, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(hu float32, padding mask, voxels clipped to int16)`` of one slice."""
+    stored = _decode(ds, path)
+    if stored.shape != tuple(shape):
+        raise DicomSeriesError(f"{path}: pixel data of shape {stored.shape}, Rows/Columns say {tuple(shape)}")
+    slope, intercept = _rescale(ds, path)
     # float64 arithmetic then float32: exact for every int16 / 12-bit value with integer rescale
-    return (stored.astype(np.float64) * slope + intercept).astype(np.float32)
+    hu = stored.astype(np.float64) * slope + intercept
+    outside = (hu < _INT16_MIN) | (hu > _INT16_MAX)
+    clipped = int(np.count_nonzero(outside))
+    if clipped:
+        hu = np.clip(hu, _INT16_MIN, _INT16_MAX)
+    padding = hu < OUTSIDE_FOV_BELOW_HU
+    interval = padding_stored(ds)
+    if interval is not None:
+        padding |= (stored >= interval[0]) & (stored <= interval[1])
+    hu[padding] = AIR_HU
+    return hu.astype(np.float32), padding, clipped
 
 
 def _check_image_plane(
@@ -128,6 +232,19 @@ def _check_image_plane(
             f"{first_path}: ImageOrientationPatient {list(orientation)} is not two orthonormal cosines"
         )
     return row_cos / norms[0], col_cos / norms[1], pixel_spacing, shape  # type: ignore[return-value]
+
+
+def _single_slice_mm(ds: Dataset) -> float:
+    """Slice size of a one-slice series: SpacingBetweenSlices, else SliceThickness, else 1 mm
+    (a missing, unreadable or non-positive value counts as absent)."""
+    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
+        try:
+            value = float(ds.get(keyword, None))
+        except (TypeError, ValueError, OverflowError):
+            continue
+        if np.isfinite(value) and value > 0:
+            return value
+    return 1.0
 
 
 def _check_slice_positions(
@@ -191,12 +308,14 @@ def read_series(
             far a slice position may lie off the slice normal (gantry tilt).
 
     Slices are sorted by the projection of ImagePositionPatient on the slice normal
-    (row cosine x column cosine), ascending. RescaleSlope/RescaleIntercept are applied per slice.
+    (row cosine x column cosine), ascending. RescaleSlope/RescaleIntercept are applied per slice;
+    outside-field-of-view padding becomes air and HU beyond int16 are clipped (module docstring).
 
     Raises:
         DicomSeriesError: several series, unreadable files, inconsistent orientation / size /
             pixel spacing, duplicate positions, a missing slice or irregular gaps, gantry tilt,
-            undecodable pixel data. The message names the folder or file and the problem.
+            undecodable pixel data (``"needs <package>"`` when a decoder plugin is missing), a
+            rescale that is not a finite number. The message names the folder or file and the problem.
     """
     where, files = _select_files(files_or_folder, series_uid)
     datasets = [_read_dataset(path) for path in files]
@@ -212,13 +331,19 @@ def read_series(
         slice_mm = _check_slice_positions(where, files, positions, normal, spacing_tolerance)
         _check_no_tilt(where, positions, normal, spacing_tolerance * float(pixel_spacing.min()))
     else:
-        first = datasets[0]
-        slice_mm = float(first.get("SpacingBetweenSlices", 0) or first.get("SliceThickness", 0) or 1.0)
+        slice_mm = _single_slice_mm(datasets[0])
 
     hu = np.empty((len(datasets), *shape), np.float32)
+    padding = np.zeros(hu.shape, bool)
+    clipped = 0
     for k, (ds, path) in enumerate(zip(datasets, files)):
-        hu[k] = _hu_pixels(ds, path)
+        hu[k], padding[k], count = _hu_pixels(ds, path, shape)
+        clipped += count
         del ds.PixelData  # free the encoded copy as we go; slice 0 becomes the pixel-free reference
+    if clipped:
+        # no path or patient data: the series is named by a hash of its UID, as in the batch summary
+        logger.warning("series uid %s: %d voxel(s) beyond the int16 range after rescale, clipped to [%d, %d]",
+                       uid_hash(_text(datasets[0], "SeriesInstanceUID")), clipped, _INT16_MIN, _INT16_MAX)
 
     reference = datasets[0]
     return CTVolume(
@@ -230,4 +355,6 @@ def read_series(
         slice_sop_uids=[_text(ds, "SOPInstanceUID") for ds in datasets],
         reference=reference,
         series_uid=_text(reference, "SeriesInstanceUID"),
+        padding=padding if padding.any() else None,
+        clipped_voxels=clipped,
     )

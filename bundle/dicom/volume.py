@@ -44,6 +44,10 @@ class CTVolume:
         slice_sop_uids: SOPInstanceUID of each slice ``k``.
         reference: header of slice 0 without pixel data (patient, study, series, equipment).
         series_uid: SeriesInstanceUID.
+        padding: bool ``(slices, rows, cols)``, True where the source marked a voxel as outside the
+            field of view (PixelPaddingValue, or a fill below -1500 HU); ``hu`` holds air there.
+            None when no voxel is padding (and for volumes not read from DICOM).
+        clipped_voxels: how many voxels were beyond the int16 range after rescale and clipped.
     """
 
     hu: np.ndarray
@@ -54,6 +58,8 @@ class CTVolume:
     slice_sop_uids: list[str]
     reference: Dataset
     series_uid: str
+    padding: np.ndarray | None = None
+    clipped_voxels: int = 0
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -72,3 +72,52 @@ def edit_file(path: Path, change) -> None:
     ds = pydicom.dcmread(path)
     change(ds)
     ds.save_as(path, enforce_file_format=True)
+
+
+def encode_jpeg_lossless(image: np.ndarray) -> bytes:
+    """One frame as JPEG Lossless, Non-Hierarchical, First-Order Prediction (Process 14, SV1).
+
+    pydicom has no encoder for this transfer syntax and the pylibjpeg plugins only decode, so the
+    test corpus makes its own: 16-bit precision, predictor 1 (the left neighbour; the one above at
+    the start of a row), one Huffman table giving every difference category a 5-bit code.
+    ``image`` is 2D, any 16-bit integer type (signed values are stored as their bit pattern).
+    """
+    image = np.asarray(image)
+    if image.ndim != 2 or image.dtype.itemsize != 2:
+        raise ValueError(f"need a 2D 16-bit image, got {image.dtype} {image.shape}")
+    rows, cols = image.shape
+    x = image.view(np.uint16).astype(np.int64)
+    predicted = np.empty_like(x)
+    predicted[0, 0] = 1 << 15
+    predicted[0, 1:] = x[0, :-1]
+    predicted[1:, 0] = x[:-1, 0]
+    predicted[1:, 1:] = x[1:, :-1]
+    diff = (x - predicted) % 65536
+    diff = np.where(diff >= 32768, diff - 65536, diff)  # -32768 stands for +32768: category 16
+
+    bits: list[str] = []
+    for d in diff.ravel().tolist():
+        category = 16 if d == -32768 else abs(d).bit_length()
+        bits.append(format(category, "05b"))  # code of category c: c in 5 bits (17 codes, none all ones)
+        if 0 < category < 16:
+            extra = d if d > 0 else d - 1
+            bits.append(format(extra & ((1 << category) - 1), f"0{category}b"))
+    stream = "".join(bits)
+    stream += "1" * (-len(stream) % 8)  # pad the last byte with ones
+    entropy = bytearray()
+    for n in range(0, len(stream), 8):
+        byte = int(stream[n : n + 8], 2)
+        entropy.append(byte)
+        if byte == 0xFF:
+            entropy.append(0x00)  # byte stuffing
+
+    def segment(marker: int, payload: bytes) -> bytes:
+        return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+    sof3 = bytes([16]) + rows.to_bytes(2, "big") + cols.to_bytes(2, "big") + bytes([1, 1, 0x11, 0])
+    counts = [0] * 16
+    counts[4] = 17  # 17 codes of length 5
+    dht = bytes([0x00]) + bytes(counts) + bytes(range(17))
+    sos = bytes([1, 1, 0x00, 1, 0, 0])  # one component, table 0, predictor 1, Se 0, Ah/Al 0
+    return (b"\xff\xd8" + segment(0xC3, sof3) + segment(0xC4, dht) + segment(0xDA, sos) + bytes(entropy)
+            + b"\xff\xd9")

@@ -41,12 +41,18 @@ def test_files_are_valid_ct_image_storage(make_series):
 def test_integer_hu_round_trips_and_out_of_range_values_clip(make_series):
     hu = integer_hu()
     hu[0, 3, :4] = [-32768, 32767, -1024, 0]
-    np.testing.assert_array_equal(read_series(make_series("exact", hu=hu).folder).hu, hu)
+    exact = make_series("exact", hu=hu)
+    stored = np.stack([pydicom.dcmread(p).pixel_array for p in exact.files])
+    np.testing.assert_array_equal(stored, hu)
+    # our reader gives the same HU, except that a fill below -1500 HU (outside the field of view) is air
+    volume = read_series(exact.folder)
+    np.testing.assert_array_equal(volume.hu, np.where(hu < -1500, -1000, hu))
+    assert volume.padding is not None and volume.padding.sum() == 1 and volume.padding[0, 3, 0]
 
     wild = hu.copy()
     wild[1, 4, :3] = [40000.0, -40000.0, 12.6]
-    volume = read_series(make_series("clipped", hu=wild).folder)
-    assert volume.hu[1, 4, :3].tolist() == [32767.0, -32768.0, 13.0]
+    clipped = make_series("clipped", hu=wild)
+    assert pydicom.dcmread(clipped.files[1]).pixel_array[4, :3].tolist() == [32767, -32768, 13]
 
 
 def test_patient_study_and_seeded_uids(make_series):
