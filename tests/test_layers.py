@@ -7,7 +7,8 @@ From the bottom (docs/architecture.md says why each sits where it does):
     dicom                               DICOM series in and out
     data                                HU windows, transforms, datalists, phantoms, the simulator
     inference                           CTEnhancer (the one network) and the batch tool
-    engines                             training and validation: they train and export CTEnhancer
+    engines, export                     training and validation (they train and write CTEnhancer);
+                                        the networks as TorchScript/ONNX files
     evaluation                          methods, baselines, the run and its report
     commands, then cli, then __main__   the ctv2v command line
 
@@ -28,7 +29,7 @@ LAYERS = [
     {"dicom"},
     {"data"},
     {"inference"},
-    {"engines"},
+    {"engines", "export"},
     {"evaluation"},
     {"commands"},
     {"cli"},

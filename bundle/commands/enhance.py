@@ -47,11 +47,28 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from bundle.inference.batch import BatchError, check_output_location, load_enhancer, run_batch
+    from bundle.inference.batch import (
+        BatchError,
+        check_output_location,
+        load_enhancer,
+        run_batch,
+    )
+    from bundle.utils.model_files import ModelFileError
+    from bundle.utils.validation import (
+        SettingError,
+        check_eta,
+        check_num_samples,
+        check_steps,
+        check_strength,
+    )
 
     logging.getLogger("pydicom").setLevel(logging.ERROR)  # its messages can quote header values
     try:
         check_output_location(args.input, args.output)  # before loading a model: fail fast
+        check_steps("--steps", args.steps)
+        check_strength("--strength", args.strength)
+        check_eta("--eta", args.eta)
+        check_num_samples("--num-samples", args.num_samples)
         enhancer, model_version = load_enhancer(args.model, args.device, args.precision, args.fidelity_weight)
         result = run_batch(
             args.input,
@@ -66,7 +83,7 @@ def run(args) -> int:
             model_version=model_version,
             progress=not args.no_progress,
         )
-    except (BatchError, FileNotFoundError) as exc:
+    except (BatchError, ModelFileError, SettingError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     counts = result.counts()

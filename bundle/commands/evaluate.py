@@ -65,6 +65,8 @@ def run(args) -> int:
 
     from monai.bundle import run as bundle_run
 
+    from bundle.utils.validation import user_error
+
     try:
         overrides = parse_overrides(args.overrides)
     except ValueError as error:
@@ -94,6 +96,14 @@ def run(args) -> int:
     os.chdir(root)
     try:
         bundle_run("evaluate", config_file=config_files, **overrides)
+    except Exception as error:
+        # a bad setting, model file or missing file: the one line that says so, not the config
+        # parser's wrapping RuntimeErrors; anything else keeps its traceback
+        cause = user_error(error)
+        if cause is None:
+            raise
+        print(f"ctv2v evaluate: error: {cause}", file=sys.stderr)
+        return 2
     finally:
         os.chdir(previous)
     output = overrides.get("output_dir", "the configured output_dir")

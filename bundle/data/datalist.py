@@ -32,7 +32,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["SPLITS", "find_pairs", "load_datalist", "make_datalist", "patient_of", "split_patients"]
+from bundle.utils.validation import SettingError
+
+__all__ = ["SPLITS", "DatalistKeyError", "DatalistPathError", "find_pairs", "load_datalist", "make_datalist", "patient_of", "split_patients"]
 
 SPLITS = ("training", "validation", "test")
 # paths resolved when present; all but source and target are optional (the simulation's truth)
@@ -41,47 +43,71 @@ PATH_KEYS = ("source", "target", "clean", "labels", "objects", "target_repeat")
 _PAIR_NAME = re.compile(r"^(?P<stem>.+)_(?P<role>source|target)(?P<ext>\.nii(?:\.gz)?)?$", re.IGNORECASE)
 
 
+class DatalistKeyError(SettingError, KeyError):
+    """The datalist has no list of that name (a ``KeyError`` too, for callers that skip one)."""
+
+
+class DatalistPathError(SettingError, FileNotFoundError):
+    """A datalist, or a path in it, that does not exist (a ``FileNotFoundError`` too)."""
+
+
 def load_datalist(
-    path: str | os.PathLike, key: str = "training", path_keys: Sequence[str] = PATH_KEYS
+    path: str | os.PathLike,
+    key: str = "training",
+    path_keys: Sequence[str] = PATH_KEYS,
+    allow_empty: bool | None = None,
 ) -> list[dict]:
     """The entries of list ``key`` in the datalist at ``path``, with ``path_keys`` made absolute.
 
-    Relative paths are taken relative to the datalist's folder. Every path must exist:
-    a missing one raises :class:`FileNotFoundError` naming the datalist, the entry and the path.
-    Other fields (``patient``, ...) are passed through.
+    Relative paths are taken relative to the datalist's folder. Every path must exist: a missing
+    one raises :class:`DatalistPathError` (a ``FileNotFoundError``) naming the datalist, the entry
+    and the path. An empty list is refused unless ``allow_empty`` (default: allowed for every list
+    but ``training``, which nothing can train on). Other fields (``patient``, ...) are passed
+    through. Every error is one line: ``<setting> = <value>: <what is allowed>``.
     """
     path = Path(path)
     try:
         with open(path) as f:
             datalist = json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"datalist not found: {path}") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"datalist {path} is not valid JSON: {error}") from None
+        raise DatalistPathError(
+            "datalist", str(path), "not found; a datalist JSON file (ctv2v datalist FOLDER writes one)"
+        ) from None
+    except IsADirectoryError:
+        raise SettingError("datalist", str(path), "a datalist JSON file, not a folder") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SettingError("datalist", str(path), f"a JSON file; this one is not valid JSON ({error})") from None
     if not isinstance(datalist, dict) or key not in datalist:
-        found = sorted(datalist) if isinstance(datalist, dict) else type(datalist).__name__
-        raise KeyError(f"datalist {path} has no {key!r} list (found: {found})")
+        found = ", ".join(sorted(map(str, datalist))) if isinstance(datalist, dict) else type(datalist).__name__
+        raise DatalistKeyError("datalist", str(path), f"a JSON object with a {key!r} list (found: {found or 'nothing'})")
     entries = datalist[key]
     if not isinstance(entries, list):
-        raise ValueError(f"datalist {path}: {key!r} must be a list, got {type(entries).__name__}")
+        raise SettingError(f"datalist {path}: {key}", entries, "a list of {'source': ..., 'target': ...} entries")
+    if allow_empty is None:
+        allow_empty = key != "training"
+    if not entries and not allow_empty:
+        raise SettingError(
+            f"datalist {path}: {key}", entries, "at least one {'source': ..., 'target': ...} entry to train on"
+        )
     base = path.parent
     resolved = []
     for index, entry in enumerate(entries):
-        where = f"datalist {path}, {key}[{index}]"
+        where = f"datalist {path}: {key}[{index}]"
         if not isinstance(entry, dict):
-            raise ValueError(f"{where}: expected a dict like {{'source': ..., 'target': ...}}, got {entry!r}")
-        if "patient" in entry:
-            where += f" (patient {entry['patient']})"
+            raise SettingError(where, entry, "a dict like {'source': ..., 'target': ...}")
         item = dict(entry)
         for path_key in path_keys:
             if path_key not in item:
                 continue
             value = item[path_key]
             if not isinstance(value, str):
-                raise ValueError(f"{where}: {path_key!r} must be a path string, got {value!r}")
+                raise SettingError(f"{where}.{path_key}", value, "a path string")
             full = Path(value) if os.path.isabs(value) else base / value
             if not full.exists():
-                raise FileNotFoundError(f"{where}: {path_key} {value!r} does not exist (looked for {full})")
+                raise DatalistPathError(
+                    f"{where}.{path_key}", value,
+                    f"an existing NIfTI file or DICOM folder (relative to the datalist's folder); {full} does not exist",
+                )
             item[path_key] = str(full)
         resolved.append(item)
     return resolved

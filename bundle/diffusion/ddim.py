@@ -23,6 +23,8 @@ from collections.abc import Callable
 
 import torch
 
+from bundle.utils.validation import check_eta, check_steps, check_strength
+
 from .schedule import DiffusionSchedule
 
 __all__ = ["DDIMSampler", "SPACINGS", "EPSILON_MAX_X0_GAIN"]
@@ -93,11 +95,8 @@ class DDIMSampler:
         self.max_timestep = int(max_timestep)
         if not 0 <= self.max_timestep < schedule.num_train_timesteps:
             raise ValueError(f"max_timestep {max_timestep} outside [0, {schedule.num_train_timesteps})")
-        self.num_inference_steps = int(num_inference_steps)
-        if not 1 <= self.num_inference_steps <= self.max_timestep + 1:
-            raise ValueError(f"num_inference_steps must be in [1, {self.max_timestep + 1}], got {num_inference_steps}")
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
+        self.num_inference_steps = check_steps("num_inference_steps", num_inference_steps, self.max_timestep + 1)
+        check_eta("eta", eta)
         if clip_x0 is not None and clip_x0 <= 0:
             raise ValueError(f"clip_x0 must be positive or None, got {clip_x0}")
         self.eta = float(eta)
@@ -117,8 +116,7 @@ class DDIMSampler:
     # ------------------------------------------------------------------ timesteps
     def num_steps(self, strength: float = 1.0) -> int:
         """Steps run for ``strength``: floor(strength * num_inference_steps + 1/2), at least 1."""
-        if not 0.0 < strength <= 1.0:
-            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        check_strength("strength", strength)
         k = math.floor(strength * self.num_inference_steps + 0.5)
         if k < 1:
             raise ValueError(

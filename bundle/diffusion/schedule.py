@@ -20,6 +20,7 @@ import torch
 from monai.networks.schedulers import NoiseSchedules
 
 from bundle.utils.plain import plain
+from bundle.utils.validation import SettingError, check_choice, check_steps
 
 __all__ = ["DiffusionSchedule", "PREDICTION_TYPES"]
 
@@ -55,10 +56,10 @@ class DiffusionSchedule:
         prediction_type: str = "v_prediction",
         schedule_args: dict[str, Any] | None = None,
     ) -> None:
-        if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
-        if int(num_train_timesteps) < 1:
-            raise ValueError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}")
+        check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+        check_steps("num_train_timesteps", num_train_timesteps)
+        if schedule not in NoiseSchedules.names:
+            raise SettingError("schedule", schedule, "a MONAI noise schedule: " + ", ".join(NoiseSchedules.names))
         self.num_train_timesteps = int(num_train_timesteps)
         self.schedule = str(schedule)
         self.prediction_type = prediction_type

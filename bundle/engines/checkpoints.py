@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import torch
 from ignite.handlers import Checkpoint, DiskSaver
+
+from bundle.utils.model_files import ModelFileError, describe_contents, load_weights
 
 
 def latest_checkpoint(ckpt_dir: str | Path, prefix: str) -> Path | None:
@@ -24,8 +25,12 @@ def latest_checkpoint(ckpt_dir: str | Path, prefix: str) -> Path | None:
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a training checkpoint (our own files, so full unpickling is not needed)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """Load a training checkpoint: tensors and plain values only (``weights_only``); a missing,
+    truncated or foreign file is a one-line :class:`~bundle.utils.model_files.ModelFileError`."""
+    state = load_weights(path, map_location=map_location, what="checkpoint")
+    if not isinstance(state, dict):
+        raise ModelFileError(path, f"not a training checkpoint ({describe_contents(state)})", "checkpoint")
+    return state
 
 
 def make_checkpoint_handler(to_save: dict, ckpt_dir: str | Path, prefix: str, n_saved: int = 2) -> Checkpoint:

@@ -32,6 +32,8 @@ from bundle.engines.base import RecipeTrainer
 from bundle.evaluation.methods import Method
 from bundle.inference.enhancer import Enhancement
 from bundle.utils.io import atomic_torch_save
+from bundle.utils.model_files import ModelFileError, describe_contents, load_weights
+from bundle.utils.validation import first_error_line
 
 __all__ = ["RedCNN3D", "RedCNNEnhancer", "RedCNNMethod", "RedCNNTrainer", "load_redcnn", "train_redcnn"]
 
@@ -150,11 +152,19 @@ class RedCNNEnhancer(nn.Module):
 
 def load_redcnn(path: str | Path, map_location="cpu", **settings) -> RedCNNEnhancer:
     """Rebuild a :class:`RedCNNEnhancer` from its file (architecture from the file itself)."""
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    what = "RED-CNN baseline file"
+    state = load_weights(path, map_location=map_location, what=what)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a RED-CNN baseline file (no '{FORMAT}' format tag).")
-    network = RedCNN3D(**state["config"])
-    network.load_state_dict(state["state_dict"])
+        raise ModelFileError(path, f"not a RED-CNN baseline ({describe_contents(state)}; expected a '{FORMAT}' file)", what)
+    if not isinstance(state.get("format_version", 1), int) or state.get("format_version", 1) > FORMAT_VERSION:
+        raise ModelFileError(path, f"format version {state.get('format_version')!r} is newer than this ctv2v reads "
+                             f"({FORMAT_VERSION}): update ctv2v", what)
+    try:
+        network = RedCNN3D(**state["config"])
+        network.load_state_dict(state["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise ModelFileError(path, f"its weights do not fit the architecture it declares "
+                             f"({type(error).__name__}: {first_error_line(error)})", what) from None
     return RedCNNEnhancer(network.eval(), state["hu_windows"], **settings).eval()
 
 

@@ -14,10 +14,8 @@ that this one does not write are removed, so ``export.json`` always lists the wh
 from __future__ import annotations
 
 import os
-import pickle
 import shutil
 import tempfile
-import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from bundle.export.parts import (
     make_parts,
 )
 from bundle.utils.io import atomic_write_json
+from bundle.utils.model_files import ModelFileError
 
 __all__ = ["FORMATS", "ExportError", "export_model", "load_model"]
 
@@ -46,22 +45,14 @@ class ExportError(Exception):
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu"):
-    """``CTEnhancer.from_file`` with every failure turned into an :class:`ExportError` naming the file."""
+    """``CTEnhancer.from_file`` with every problem of the file an :class:`ExportError` naming it."""
     from bundle.inference import CTEnhancer
 
     path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"model file {path} not found.")
     try:
         return CTEnhancer.from_file(path).to(device)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError) as exc:
-        # torch's own text here is advice about weights_only=False, which is not the problem
-        raise ExportError(f"{path} is not a readable PyTorch file (torch.load: {type(exc).__name__}).") from exc
-    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        # a truncated file: RuntimeError; a state dict of other sizes: ValueError (from_file) or
-        # RuntimeError (load_state_dict); a foreign dict: ValueError or KeyError
-        message = str(exc)
-        raise ExportError(message if str(path) in message else f"{path} cannot be exported: {message}") from exc
+    except ModelFileError as exc:  # one line naming the file and the problem
+        raise ExportError(str(exc)) from None
 
 
 def export_model(

@@ -33,6 +33,7 @@ from that extra state alone.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,18 @@ from bundle.diffusion.tiling import TiledDenoiser, tiled_apply
 from bundle.inference.low_frequency import keep_source_low_frequencies
 from bundle.networks import ConditionalUNet3D, VideoVAE
 from bundle.utils.io import atomic_torch_save
+from bundle.utils.model_files import ModelFileError, describe_contents, load_weights
 from bundle.utils.plain import plain
-from bundle.utils.precision import autocast, resolve_precision
+from bundle.utils.precision import PRECISIONS, autocast, resolve_precision
+from bundle.utils.validation import (
+    SettingError,
+    check_choice,
+    check_eta,
+    check_num_samples,
+    check_steps,
+    check_strength,
+    first_error_line,
+)
 
 FORMAT = "ctv2v-enhancer"
 FORMAT_VERSION = 1
@@ -115,6 +126,8 @@ class CTEnhancer(nn.Module):
         precision: str = "fp32",
     ) -> None:
         super().__init__()
+        check_settings({"num_inference_steps": num_inference_steps, "eta": eta, "strength": strength,
+                        "num_samples": num_samples, "precision": precision})
         if precision != "auto":
             resolve_precision(precision, "cuda")  # a known name (the device is checked per call)
         self.precision = precision  # network calls only: tiles, DDIM and HU arithmetic stay float32
@@ -180,20 +193,36 @@ class CTEnhancer(nn.Module):
         value only when the caller gives none.
         """
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"model file {path} not found (train one: see README).")
-        state = torch.load(path, map_location=map_location, weights_only=True)
-        extra = state.get("_extra_state")
+        check_settings(settings)  # a bad setting is the caller's: say so before reading anything
+        state = load_weights(path, map_location=map_location)
+        extra = state.get("_extra_state") if isinstance(state, dict) else None
         if not isinstance(extra, dict) or extra.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a ctv2v model file (no '{FORMAT}' extra state).")
-        enhancer = cls(
-            VideoVAE(**extra["autoencoder"]),
-            ConditionalUNet3D(**extra["unet"]),
-            DiffusionSchedule.from_config(extra["schedule"]),
-            hu_windows=extra["hu_windows"],
-            **settings,
-        )
-        enhancer.load_state_dict(state)
+            raise ModelFileError(
+                path, f"not a ctv2v enhancer model ({describe_contents(state)}; expected the '{FORMAT}' "
+                "file that training exports, e.g. models/model.pt)"
+            )
+        version = extra.get("format_version", 1)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ModelFileError(
+                path, f"format version {version!r} is newer than this ctv2v reads ({FORMAT_VERSION}): update ctv2v"
+            )
+        try:
+            parts = (
+                VideoVAE(**extra["autoencoder"]),
+                ConditionalUNet3D(**extra["unet"]),
+                DiffusionSchedule.from_config(extra["schedule"]),
+            )
+            enhancer = cls(*parts, hu_windows=extra["hu_windows"], **settings)
+        except SettingError:
+            raise
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelFileError(
+                path, f"its stored architecture cannot be built ({type(error).__name__}: {first_error_line(error)})"
+            ) from None
+        try:
+            enhancer.load_state_dict(state)
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise ModelFileError(path, f"its weights do not fit the architecture it declares ({_mismatch(error)})") from None
         for key in GEOMETRY:
             if key in settings:
                 setattr(enhancer, key, tuple(settings[key]))
@@ -242,13 +271,12 @@ class CTEnhancer(nn.Module):
         of the DDIM steps of each sample."""
         fidelity_weight = self.fidelity_weight if fidelity_weight is None else float(fidelity_weight)
         residual = self.residual if residual is None else bool(residual)
-        steps = num_inference_steps or self.num_inference_steps
+        steps = self.num_inference_steps if num_inference_steps is None else num_inference_steps
         eta = self.eta if eta is None else eta
         strength = self.strength if strength is None else strength
-        num_samples = num_samples or self.num_samples
+        num_samples = self.num_samples if num_samples is None else num_samples
         seed = self.seed if seed is None else seed
-        if not 0 < strength <= 1:
-            raise ValueError(f"strength must be in (0, 1], got {strength}.")
+        check_settings({"num_inference_steps": steps, "eta": eta, "strength": strength, "num_samples": num_samples})
 
         if isinstance(source_hu, MetaTensor):  # plain tensors: the tiling indexes thousands of times
             source_hu = source_hu.as_tensor()
@@ -377,6 +405,37 @@ class CTEnhancer(nn.Module):
             if new_s > s:
                 x = torch.cat([x, x[:, :, -1:].expand(-1, -1, new_s - s, -1, -1)], dim=2)
         return x, (slice(None), slice(None), slice(0, s), slice(0, h), slice(0, w))
+
+
+# what from_file passes on to the constructor: everything but the networks and what the file holds
+_SETTINGS = tuple(
+    name for name in inspect.signature(CTEnhancer.__init__).parameters
+    if name not in ("self", "autoencoder", "unet", "schedule", "hu_windows")
+)
+
+
+def check_settings(settings: dict[str, Any]) -> None:
+    """The sampler settings among ``settings`` (those present), each refused with one line
+    (:class:`~bundle.utils.validation.SettingError`)."""
+    checks = {"num_inference_steps": check_steps, "eta": check_eta, "strength": check_strength,
+              "num_samples": check_num_samples}
+    for key, check in checks.items():
+        if key in settings:
+            check(key, settings[key])
+    if "precision" in settings:
+        check_choice("precision", settings["precision"], [*PRECISIONS, "auto"])
+    unknown = sorted(set(settings) - set(_SETTINGS))
+    if unknown:
+        raise TypeError(f"unknown CTEnhancer setting(s) {', '.join(unknown)}; known: {', '.join(_SETTINGS)}")
+
+
+def _mismatch(error: BaseException) -> str:
+    """The first specific line of a ``load_state_dict`` error (``size mismatch for ...``)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    details = [line for line in lines[1:] if not line.startswith("Error(s)")] or lines[:1]
+    more = f" and {len(details) - 1} more" if len(details) > 1 else ""
+    first = details[0] if details else type(error).__name__
+    return (first if len(first) <= 240 else first[:237] + "...") + more
 
 
 def fold_in_plane(x: torch.Tensor, factor: int) -> torch.Tensor:

@@ -158,7 +158,7 @@ def test_missing_file_error_names_the_path(tmp_path):
     with pytest.raises(KeyError, match="validation"):
         json.dump({"training": []}, path.open("w"))
         load_datalist(path, "validation")
-    with pytest.raises(FileNotFoundError, match="datalist not found"):
+    with pytest.raises(FileNotFoundError, match=r"datalist = .*none.json'?: not found"):
         load_datalist(tmp_path / "none.json")
 
 

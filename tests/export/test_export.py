@@ -236,9 +236,9 @@ def test_bad_model_files_give_clear_errors(tmp_path, capsys):
     truncated.write_bytes(tiny_model_file(tmp_path / "model.pt").read_bytes()[:3000])
     cases = {
         missing: "not found",
-        garbage: "not a readable PyTorch file",
-        foreign: "not a ctv2v model file",
-        truncated: "cannot be exported: PytorchStreamReader failed",
+        garbage: "not a PyTorch file",
+        foreign: "not a ctv2v enhancer model",
+        truncated: "truncated or corrupt PyTorch file",
     }
     for path, expected in cases.items():
         assert main(["export", str(path), str(tmp_path / "out")]) == 2

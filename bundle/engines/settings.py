@@ -1,0 +1,50 @@
+"""The training recipe's settings checked together before anything is built (configs/train.yaml's
+``settings_check``, the first step of its run list): the ones that only meet each other late."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from bundle.data.datalist import load_datalist
+from bundle.diffusion.schedule import PREDICTION_TYPES
+from bundle.utils.validation import (
+    SettingError,
+    _is_int,
+    check_choice,
+    check_patch_size,
+    check_steps,
+)
+
+__all__ = ["check_training_settings"]
+
+
+def check_training_settings(
+    *,
+    train_patch_size: Sequence[int],
+    network: Mapping[str, Any],
+    prediction_type: str,
+    num_train_timesteps: int,
+    num_inference_steps: int,
+    val_num_inference_steps: int,
+    datalist: str | os.PathLike,
+    batch_size: int = 1,
+    num_epochs: int = 1,
+    phase1_epochs: int = 0,
+    vae_epochs: int = 0,
+) -> None:
+    """The training recipe's settings, before anything is built: patch size against the networks,
+    the prediction type, step counts, epochs, and the datalist (its files exist, it has training
+    entries). Raises :class:`SettingError` (or ``FileNotFoundError`` for a missing datalist/path)."""
+    check_patch_size("train_patch_size", train_patch_size, network)
+    check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+    check_steps("num_train_timesteps", num_train_timesteps)
+    check_steps("num_inference_steps", num_inference_steps, int(num_train_timesteps))
+    check_steps("val_num_inference_steps", val_num_inference_steps, int(num_train_timesteps))
+    check_steps("batch_size", batch_size)
+    for name, value in (("num_epochs", num_epochs), ("phase1_epochs", phase1_epochs), ("vae_epochs", vae_epochs)):
+        if not _is_int(value) or value < 0:
+            raise SettingError(name, value, "an integer >= 0")
+    load_datalist(datalist, "training")  # every path exists, at least one entry
+    load_datalist(datalist, "validation", allow_empty=True)
