@@ -39,7 +39,13 @@ from bundle.inference.batch.outputs import (
     BatchResult,
     SeriesRow,
 )
-from bundle.inference.batch.run import BatchError, check_output_location, load_enhancer, model_version_of, run_batch
+from bundle.inference.batch.run import (
+    BatchError,
+    check_output_location,
+    load_enhancer,
+    model_version_of,
+    run_batch,
+)
 
 __all__ = [
     "DONE_MARKER",

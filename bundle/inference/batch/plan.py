@@ -39,9 +39,12 @@ def _series_uid_of_unreadable(path: Path) -> str | None:
     return uid if re.fullmatch(r"[0-9.]{1,64}", uid) else None
 
 
-def _redactor(input_root: Path, files: Iterable[Path]) -> Callable[[str], str]:
-    """Strip folder paths from messages (export folders are often named after the patient)."""
+def _redactor(input_root: Path, files: Iterable[Path], identifiers: Iterable[str] = ()) -> Callable[[str], str]:
+    """Strip folder paths from messages (export folders are often named after the patient), then
+    any patient identifier the headers hold (a file named after the patient keeps its name)."""
     files = list(files)
+    scrub = sorted({i for i in identifiers if i}, key=len, reverse=True)
+    pattern = re.compile("|".join(re.escape(i) for i in scrub), re.IGNORECASE) if scrub else None
     folders = {p.parent for p in files}
     for folder in list(folders):
         folders.update(folder.parents)
@@ -52,7 +55,7 @@ def _redactor(input_root: Path, files: Iterable[Path]) -> Callable[[str], str]:
     def redact(message: str) -> str:
         for old, new in pairs:
             message = message.replace(old, new)
-        return message
+        return pattern.sub("<patient>", message) if pattern is not None else message
 
     return redact
 
@@ -63,7 +66,7 @@ def plan_batch(input_path: Path) -> tuple[list[Job], Callable[[str], str]]:
     nifti, series, problems = found.nifti, found.series, found.problems
     unreadable = [p for p in problems if p.kind == "unreadable"]
     all_files = [f for info in series for f in info.files] + [p.path for p in problems] + nifti
-    redact = _redactor(input_path, all_files)
+    redact = _redactor(input_path, all_files, {i for info in series for i in info.identifiers})
 
     by_uid: dict[str, list] = {}
     loose = []
@@ -118,6 +121,6 @@ def plan_batch(input_path: Path) -> tuple[list[Job], Callable[[str], str]]:
         relative = path.relative_to(input_path) if input_path.is_dir() else Path(path.name)
         # the file name only: folder names of exports often name the patient (the hash tells apart)
         row = SeriesRow(index=len(jobs) + 1, kind="nifti", series_uid_hash=uid_hash(str(relative)),
-                        modality="", description=path.name)
+                        modality="", description=redact(path.name))
         jobs.append(Job(row, [path]))
     return jobs, redact

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from bundle.inference.batch.lock import OutputInUse, output_lock
 from bundle.inference.batch.outputs import (
     DONE_MARKER,
     ENHANCED_NIFTI,
@@ -229,14 +230,19 @@ def run_batch(
 
     # log lines go above the progress bars instead of through them
     redirect = logging_redirect_tqdm() if progress else contextlib.nullcontext()
-    with redirect, warnings.catch_warnings():
+    with redirect, warnings.catch_warnings(), contextlib.ExitStack() as stack:
         # pydicom's warnings about invalid values quote the values (a patient name, say)
         warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
+        output_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            lock = stack.enter_context(output_lock(output_dir))
+        except OutputInUse as exc:
+            raise BatchError(str(exc)) from None
+        logger.debug("holding %s", lock)
         jobs, redact = plan_batch(input_path)
         rows = [job.row for job in jobs]
-        output_dir.mkdir(parents=True, exist_ok=True)
         summary = output_dir / SUMMARY_NAME
-        write_summary(summary, rows)
+        _write_summary_or_stop(summary, rows)
         pending = [job for job in jobs if job.row.status == "pending"]
         logger.info("found %d series/files: %d to enhance, %d skipped, %d failed before reading", len(rows),
                     len(pending), sum(r.status == "skipped" for r in rows), sum(r.status == "failed" for r in rows))
@@ -256,7 +262,7 @@ def run_batch(
                 job.row.status, job.row.reason, job.row.output = "failed", redact(f"{type(exc).__name__}: {exc}"), ""
                 logger.debug("%s failed:\n%s", job.row.label(), redact(traceback.format_exc()))
             job.row.seconds = f"{time.perf_counter() - start:.2f}"
-            write_summary(summary, rows)
+            _write_summary_or_stop(summary, rows)
             logger.info("[%d/%d] %s: %s%s in %s s", number, len(pending), job.row.label(), job.row.status,
                         f" ({job.row.reason})" if job.row.reason else "", job.row.seconds)
     result = BatchResult(rows, summary)
@@ -273,6 +279,16 @@ def recorded_settings(enhancer, *, steps: int, eta: float, strength: float, num_
     settings.update({key: getattr(enhancer, key) for key in ("fidelity_weight", "residual", "source_lowpass_sigma")
                      if hasattr(enhancer, key)})
     return settings
+
+
+def _write_summary_or_stop(summary: Path, rows) -> None:
+    """summary.csv, atomically; when OUTPUT cannot take it (full disk, read-only), the batch stops
+    with one line: a batch that cannot record what it did must not go on."""
+    try:
+        write_summary(summary, rows)
+    except OSError as exc:
+        raise BatchError(f"cannot write {summary}: {exc.strerror or exc}; the series finished so far are "
+                         "complete (each has its completion marker), nothing else looks finished") from None
 
 
 def model_version_of(path: str | os.PathLike) -> str:
