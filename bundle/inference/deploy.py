@@ -80,6 +80,8 @@ def enhance_series(enhancer, files: Sequence[str | os.PathLike], voxels: np.ndar
         if voxels.shape != volume.hu.shape:
             raise ValueError(f"{where}: the SDK volume has shape {voxels.shape}, the files {volume.hu.shape}")
         difference = np.abs(voxels.astype(np.float32) - volume.hu)
+        if volume.padding is not None:  # outside the field of view the reader puts air, the SDK the fill value
+            difference[volume.padding] = 0
         if difference.max() > 1e-3:
             worst = np.unravel_index(np.argmax(difference), difference.shape)
             raise ValueError(f"{where}: the SDK volume differs from the files by up to {difference.max():.3g} HU "
