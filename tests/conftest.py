@@ -25,3 +25,23 @@ def tiny_dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
     make_demo_dataset(out, num_volumes=4, slices=8, size=64, seed=0, workers=1, log=lambda _: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def batch_model(tmp_path_factory) -> Path:
+    """A random tiny ctv2v model file for the batch tool's tests (default tiling geometry), its
+    U-Net perturbed so that the output depends on it."""
+    from bundle.inference import CTEnhancer
+    from bundle.networks import ConditionalUNet3D, VideoVAE
+
+    torch.manual_seed(0)
+    vae = VideoVAE(channels=(8, 16, 16, 16), norm_num_groups=4, num_res_blocks=1, num_mid_blocks=1)
+    unet = ConditionalUNet3D(model_channels=16, channel_mult=(1, 2, 2, 2), num_heads=2, norm_num_groups=4,
+                             time_embed_dim=32, num_res_blocks=1)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    path = tmp_path_factory.mktemp("batch_model") / "model.pt"
+    CTEnhancer(vae, unet).save(path)
+    return path
+

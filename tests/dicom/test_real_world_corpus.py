@@ -17,7 +17,6 @@ is encoded by the test itself and expected enhanced with a decoder plugin instal
 from __future__ import annotations
 
 import csv
-import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -45,12 +44,10 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from bundle.cli import main
 from bundle.dicom import read_series, write_ct_series
 from bundle.dicom.discovery import decoder_reason
 from bundle.dicom.writer import new_file_meta
-from bundle.inference import CTEnhancer
-from bundle.networks import ConditionalUNet3D, VideoVAE
+from tests.inference.test_batch import enhance_logged
 
 SHAPE = (5, 40, 48)  # (slices, rows, cols)
 SPACING = (2.0, 0.7, 0.8)
@@ -378,26 +375,8 @@ def build_corpus(root: Path) -> dict[str, Case]:
 
 # --- one run of the tool --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    vae = VideoVAE(channels=(8, 16, 16, 16), norm_num_groups=4, num_res_blocks=1, num_mid_blocks=1)
-    unet = ConditionalUNet3D(model_channels=16, channel_mult=(1, 2, 2, 2), num_heads=2, norm_num_groups=4,
-                             time_embed_dim=32, num_res_blocks=1)
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    CTEnhancer(vae, unet).save(path)
-    return path
-
-
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(self.format(record))
+def model(batch_model) -> Path:
+    return batch_model
 
 
 @pytest.fixture(scope="module")
@@ -405,20 +384,10 @@ def corpus(tmp_path_factory, model):
     root = tmp_path_factory.mktemp("corpus")
     input_dir, output = root / "input", root / "output"
     cases = build_corpus(input_dir)
-    records = _Records()
-    logger = logging.getLogger("bundle")
-    previous = logger.level
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(records)
-    try:
-        code = main(["enhance", str(input_dir), str(output), "--model", str(model), "--steps", "2",
-                     "--device", "cpu", "--no-progress"])
-    finally:
-        logger.removeHandler(records)
-        logger.setLevel(previous)
+    code, log = enhance_logged(input_dir, output, model)
     with open(output / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    return {"input": input_dir, "output": output, "cases": cases, "code": code, "rows": rows, "log": records.lines}
+    return {"input": input_dir, "output": output, "cases": cases, "code": code, "rows": rows, "log": log}
 
 
 def row_of(corpus, name: str) -> dict:

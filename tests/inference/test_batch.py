@@ -21,11 +21,9 @@ from pydicom.uid import MRImageStorage
 
 from bundle.cli import main
 from bundle.dicom import read_series, write_ct_series
-from bundle.inference import CTEnhancer
 from bundle.inference.batch import DONE_MARKER, SUMMARY_COLUMNS
 from bundle.inference.batch.lock import LOCK_NAME
 from bundle.utils.names import safe_name
-from bundle.networks import ConditionalUNet3D, VideoVAE
 
 SHAPE = (10, 40, 48)  # (slices, rows, cols): rows != cols so a swapped axis shows
 SPACING = (2.0, 0.7, 0.8)
@@ -161,18 +159,23 @@ def enhance(input_dir: Path, output: Path, model: Path, *extra: str) -> int:
                  "--no-progress", *extra])
 
 
+def enhance_logged(input_dir: Path, output: Path, model: Path, *extra: str) -> tuple[int, list[str]]:
+    """:func:`enhance` with every log line of the package captured at DEBUG: (exit code, lines)."""
+    records = _Records()
+    logger = logging.getLogger("bundle")
+    previous = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(records)
+    try:
+        return enhance(input_dir, output, model, *extra), records.lines
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(previous)
+
+
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    vae = VideoVAE(channels=(8, 16, 16, 16), norm_num_groups=4, num_res_blocks=1, num_mid_blocks=1)
-    unet = ConditionalUNet3D(model_channels=16, channel_mult=(1, 2, 2, 2), num_heads=2, norm_num_groups=4,
-                             time_embed_dim=32, num_res_blocks=1)
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    CTEnhancer(vae, unet).save(path)
-    return path
+def model(batch_model) -> Path:
+    return batch_model
 
 
 @pytest.fixture(scope="module")
@@ -182,17 +185,8 @@ def batch(tmp_path_factory, model):
     input_dir, output = root / "input", root / "output"
     series = build_tree(input_dir)
     before = tree_hashes(input_dir)
-    records = _Records()
-    logger = logging.getLogger("bundle")
-    previous = logger.level
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(records)
-    try:
-        code = enhance(input_dir, output, model, "--format", "both", "--num-samples", "2")
-    finally:
-        logger.removeHandler(records)
-        logger.setLevel(previous)
-    return dict(input=input_dir, output=output, series=series, code=code, log=records.lines, before=before)
+    code, log = enhance_logged(input_dir, output, model, "--format", "both", "--num-samples", "2")
+    return dict(input=input_dir, output=output, series=series, code=code, log=log, before=before)
 
 
 # --- the tests ------------------------------------------------------------------------------------

@@ -12,12 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from bundle.cli import main
 from bundle.dicom import write_ct_series
-from bundle.inference import CTEnhancer
-from bundle.networks import ConditionalUNet3D, VideoVAE
 
 PHI = {
     "PatientName": "Zqxname^Vwyfirst",
@@ -43,16 +40,9 @@ def write(folder: Path, number: int, shape) -> list[Path]:
     )
 
 
-@pytest.fixture
-def model(tmp_path) -> Path:
-    torch.manual_seed(0)
-    vae = VideoVAE(channels=(8, 16, 16, 16), norm_num_groups=4, num_res_blocks=1, num_mid_blocks=1)
-    unet = ConditionalUNet3D(model_channels=16, channel_mult=(1, 2, 2, 2), num_heads=2, norm_num_groups=4,
-                             time_embed_dim=32, num_res_blocks=1)
-    path = tmp_path / "model" / "model.pt"
-    path.parent.mkdir()
-    CTEnhancer(vae, unet).save(path)
-    return path
+@pytest.fixture(scope="module")
+def model(batch_model) -> Path:
+    return batch_model
 
 
 def run_and_check(tmp_path, model, caplog, capsys, junk_name: str) -> None:
