@@ -98,16 +98,18 @@ def write_enhanced_series(hu: np.ndarray, volume: CTVolume, output_dir: str | os
     An existing complete folder is an error: nothing is overwritten."""
     import bundle
     from bundle.dicom.derived import write_derived_series
-    from bundle.inference.batch.outputs import PARTIAL_SUFFIX
-    from bundle.utils.names import safe_name, uid_hash
+    from bundle.inference.batch.outputs import (
+        PARTIAL_SUFFIX,
+        SeriesRow,
+        series_folder_name,
+    )
+    from bundle.utils.names import uid_hash
 
     software_version = software_version or f"ctv2v {bundle.__version__}"
     reference = volume.reference
-    name = "_".join([
-        safe_name(str(reference.get("SeriesNumber", "") or ""), "x", 12),
-        safe_name(str(reference.get("SeriesDescription", "") or ""), "series"),
-        uid_hash(volume.series_uid),
-    ])
+    row = SeriesRow(index=1, kind="dicom", series_uid_hash=uid_hash(volume.series_uid),
+                    series_number=str(reference.get("SeriesNumber", "") or ""))
+    name = series_folder_name(row, str(reference.get("SeriesDescription", "") or ""))  # the batch tool's naming
     output_dir = Path(output_dir)
     folder = output_dir / name
     if folder.exists():
