@@ -54,6 +54,7 @@ TRAINING_CASES = {
     "zero timesteps": ({"num_train_timesteps": 0}, "num_train_timesteps = 0: ", "an integer >= 1"),
     "zero batch": ({"batch_size": 0}, "batch_size = 0: ", "an integer >= 1"),
     "negative epochs": ({"num_epochs": -2}, "num_epochs = -2: ", "an integer >= 0"),
+    "latent cache not a bool": ({"phase1_latent_cache": "false"}, "phase1_latent_cache = 'false': ", "true or false"),
     "datalist with a missing file": (_missing_file, "training[0].source = '/nowhere/P1_source.nii.gz': ",
                                      "an existing NIfTI file or DICOM folder"),
     "datalist with no training entries": (lambda d: d.update(training=[]), "training = []: ",

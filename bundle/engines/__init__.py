@@ -3,6 +3,7 @@
 from bundle.engines.base import NonFiniteError
 from bundle.engines.diffusion_trainer import LatentDiffusionTrainer
 from bundle.engines.handlers import GroupLRSchedule, TrainingState, make_ema
+from bundle.engines.latent_cache import LatentBank
 from bundle.engines.losses import ReconstructionLoss
 from bundle.engines.reproducible import ResumableSampler, SeededDataset
 from bundle.engines.vae_stage import VAEStage
@@ -11,6 +12,7 @@ from bundle.engines.validator import EnhancementValidator, TensorBoardPanels, Va
 __all__ = [
     "EnhancementValidator",
     "GroupLRSchedule",
+    "LatentBank",
     "LatentDiffusionTrainer",
     "NonFiniteError",
     "ReconstructionLoss",

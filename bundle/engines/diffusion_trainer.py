@@ -10,6 +10,9 @@ prediction easy. A VAE with a fidelity path (``bundle.networks.fidelity``) train
 the term of VAE pre-training (the target from its latent plus the source's features); the path's
 parameters join the decoder's group.
 
+``phase1_latent_cache``: phase 1 trains on the frozen VAE's moments of one epoch's crops, encoded
+once (:mod:`bundle.engines.latent_cache` says what that trades), instead of encoding every batch.
+
 MONAI's ``LatentDiffusionInferer`` encodes under ``no_grad`` and cannot do phase 2, hence this
 iteration.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +30,7 @@ from ignite.engine import Events
 from bundle.engines import distributed
 from bundle.engines.base import NonFiniteError, RecipeTrainer
 from bundle.engines.handlers import TrainingState, make_ema
+from bundle.engines.latent_cache import MOMENTS, LatentBank, encode_crops
 from bundle.engines.losses import ReconstructionLoss
 from bundle.engines.reproducible import iteration_generator
 from bundle.networks import kl_divergence
@@ -57,6 +62,8 @@ class LatentDiffusionTrainer(RecipeTrainer):
             stage, then keeps describing the target latents (docs/diffusion.md measures both).
         enhancer_settings: ``CTEnhancer`` settings for validation and export, e.g. the tiling
             geometry of the training slab (``latent_window``, ``image_tile``, overlaps).
+        phase1_latent_cache: phase 1 iterates a :class:`~bundle.engines.latent_cache.LatentBank` of
+            epoch 0's crops (built when phase 1 starts or resumes) instead of the image loader.
     """
 
     checkpoint_prefix = "diffusion"
@@ -78,9 +85,13 @@ class LatentDiffusionTrainer(RecipeTrainer):
         reconstruction_loss: ReconstructionLoss | None = None,
         fidelity_loss_weight: float = 1.0,
         fidelity_loss: ReconstructionLoss | None = None,
+        phase1_latent_cache: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.image_loader = self.data_loader
+        self.phase1_latent_cache = bool(phase1_latent_cache)
+        self.latent_bank: LatentBank | None = None
         self.reconstruction_loss = reconstruction_loss or ReconstructionLoss()
         self.fidelity_loss = fidelity_loss or self.reconstruction_loss
         self.fidelity_loss_weight = fidelity_loss_weight
@@ -143,24 +154,49 @@ class LatentDiffusionTrainer(RecipeTrainer):
         # parameters of the VAE outside encoder/decoder/fidelity (none in VideoVAE) would stay frozen
         self.vae.train()
         self.training_state.phase = 2
+        self._use_images()
         if self._ddp is not None:  # DDP registers the parameters that train when it is built
             self.rewrap()
         logger.info("phase 2 at epoch %d: VAE trainable, lrs %s", self.state.epoch,
                     {g["name"]: g["base_lr"] for g in self.optimizer.param_groups})
 
+    # --- phase 1's data -------------------------------------------------------------------------
+    def _use_latent_bank(self) -> None:
+        """Encode epoch 0's crops once and train phase 1 on them (``phase1_latent_cache``)."""
+        start = time.perf_counter()
+        self.latent_bank = LatentBank.build(self.vae, self.image_loader, self.state.device, self.precision)
+        loader = self.latent_bank.loader()
+        loader.sampler.bind(lambda: self.state.iteration, lambda: self.state.epoch_length)
+        # what run() hands to ignite: Engine.set_data before the run would skip ignite's mid-epoch
+        # start (it sets its position in the epoch only when it creates the iterator itself)
+        self.data_loader = loader
+        logger.info("phase 1 latent bank: %d crops of epoch 0 encoded in %.1f s, %.2f MiB",
+                    len(self.latent_bank), time.perf_counter() - start, self.latent_bank.nbytes / 2**20)
+
+    def _use_images(self) -> None:
+        """Back to the image loader (phase 2), inside a running epoch loop too."""
+        if self.data_loader is self.image_loader:
+            return
+        bank_loader, self.data_loader, self.latent_bank = self.data_loader, self.image_loader, None
+        if self.state.dataloader is bank_loader:  # running: switch the engine's data at this epoch start
+            self.set_data(self.image_loader)
+
     # --- iteration ------------------------------------------------------------------------------
     def compute_loss(self, batch: dict):
         device = self.state.device
-        source = batch["source"].to(device)
-        target = batch["target"].to(device)
         generator = iteration_generator(self.seed, self.state.iteration, device)
         scale = self.scale_factor
         joint = self.phase == 2
-        self.vae.train(joint)  # validation may have left it in eval mode
-        with torch.set_grad_enabled(joint):
-            mean, logvar = self.vae.encode_moments(torch.cat([source, target]))
-        mean_source, mean_target = mean.chunk(2)
-        _, logvar_target = logvar.chunk(2)
+        if "target_mean" in batch:  # phase 1 on the latent bank
+            if joint:
+                raise RuntimeError("cached latents in phase 2, where the encoder trains (the cache is phase 1's).")
+            moments = {name: batch[name].to(device) for name in MOMENTS}
+        else:
+            source = batch["source"].to(device)
+            target = batch["target"].to(device)
+            # (sets the VAE's mode each time: validation may have left it in eval mode)
+            moments = encode_crops(self.vae, source, target, train=joint)
+        mean_source, mean_target, logvar_target = (moments[k] for k in ("source_mean", "target_mean", "target_logvar"))
         # every draw is the global batch's, this rank's rows (one process: the plain draw)
         z_target = self.vae.sample(
             mean_target, logvar_target, eps=distributed.randn_rows(mean_target.shape, generator, device, mean_target.dtype)
@@ -181,6 +217,8 @@ class LatentDiffusionTrainer(RecipeTrainer):
         if joint:
             recon = self.vae.decode(z_target)
             loss_recon, _ = self.reconstruction_loss(recon, target)
+            mean = torch.cat([mean_source, mean_target])
+            logvar = torch.cat([moments["source_logvar"], logvar_target])
             loss_kl = kl_divergence(mean.float(), logvar.float())
             loss = loss + self.recon_weight * loss_recon + self.kl_weight * loss_kl
             terms.update(loss_recon=float(loss_recon.detach()), loss_kl=float(loss_kl.detach()))
@@ -254,3 +292,6 @@ class LatentDiffusionTrainer(RecipeTrainer):
             self.training_state.scale_factor = float(self.vae_stage.scale_factor)
         if self.phase == 1:
             self._freeze_vae()
+            phase1_end = self.phase1_epochs * (self.state.epoch_length or 0)
+            if self.phase1_latent_cache and self.state.iteration < phase1_end:
+                self._use_latent_bank()

@@ -33,10 +33,12 @@ def check_training_settings(
     num_epochs: int = 1,
     phase1_epochs: int = 0,
     vae_epochs: int = 0,
+    phase1_latent_cache: bool = False,
 ) -> None:
     """The training recipe's settings, before anything is built: patch size against the networks,
-    the prediction type, step counts, epochs, and the datalist (its files exist, it has training
-    entries). Raises :class:`SettingError` (or ``FileNotFoundError`` for a missing datalist/path)."""
+    the prediction type, step counts, epochs, the latent cache switch, and the datalist (its files
+    exist, it has training entries). Raises :class:`SettingError` (or ``FileNotFoundError`` for a
+    missing datalist/path)."""
     check_patch_size("train_patch_size", train_patch_size, network)
     check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
     check_steps("num_train_timesteps", num_train_timesteps)
@@ -46,5 +48,7 @@ def check_training_settings(
     for name, value in (("num_epochs", num_epochs), ("phase1_epochs", phase1_epochs), ("vae_epochs", vae_epochs)):
         if not _is_int(value) or value < 0:
             raise SettingError(name, value, "an integer >= 0")
+    if not isinstance(phase1_latent_cache, bool):  # a string "false" would switch it on
+        raise SettingError("phase1_latent_cache", phase1_latent_cache, "true or false")
     load_datalist(datalist, "training")  # every path exists, at least one entry
     load_datalist(datalist, "validation", allow_empty=True)
