@@ -12,6 +12,7 @@ Layers, each a sub-package with one job, from the bottom (imports only go down,
 - ``bundle.inference``: ``CTEnhancer`` (the one network every consumer calls) and the batch tool;
 - ``bundle.engines``: training and validation iterations for MONAI/ignite engines;
 - ``bundle.evaluation``: the methods compared, baselines, the evaluation run and its report;
+- ``bundle.benchmark``: speed, memory and FLOP/s of training and inference (``ctv2v benchmark``);
 - ``bundle.commands``: the ``ctv2v`` command line (``bundle.cli``).
 """
 

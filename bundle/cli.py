@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "bundle.commands.evaluate",
     "bundle.commands.enhance",
     "bundle.commands.export",
+    "bundle.commands.benchmark",
 ]
 
 

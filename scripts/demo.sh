@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 ctv2v demo-data data/demo
 python -m monai.bundle run training --config_file "['configs/train.yaml','configs/demo.yaml']"
-ctv2v enhance data/demo/dicom outputs/demo --model models/model.pt --format both --steps 20
+ctv2v enhance data/demo/dicom outputs/demo --model models/model.pt --format both
 python scripts/before_after.py data/demo/dicom outputs/demo outputs/demo/before_after.png
 
 echo

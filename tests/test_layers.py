@@ -9,7 +9,8 @@ From the bottom (docs/architecture.md says why each sits where it does):
     inference                           CTEnhancer (the one network) and the batch tool
     engines, export                     training and validation (they train and write CTEnhancer);
                                         the networks as TorchScript/ONNX files
-    evaluation                          methods, baselines, the run and its report
+    evaluation, benchmark               methods, baselines, the run and its report; speed, memory
+                                        and FLOP/s of training and inference (ctv2v benchmark)
     commands, then cli, then __main__   the ctv2v command line
 
 Imports inside functions count too: a lazy import is still a dependency.
@@ -30,7 +31,7 @@ LAYERS = [
     {"data"},
     {"inference"},
     {"engines", "export"},
-    {"evaluation"},
+    {"evaluation", "benchmark"},
     {"commands"},
     {"cli"},
     {"__main__"},

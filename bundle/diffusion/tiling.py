@@ -40,7 +40,8 @@ from fractions import Fraction
 import torch
 import torch.nn.functional as F
 
-__all__ = ["window_starts", "blend_weights", "pad_to_min", "tiled_apply", "TiledDenoiser", "MIN_WEIGHT"]
+__all__ = ["window_starts", "fractional_overlap", "blend_weights", "pad_to_min", "tiled_apply", "TiledDenoiser",
+           "MIN_WEIGHT"]
 
 # Weight inside the margin: positive so that every voxel has a non-zero normaliser, small enough
 # that a window's unreliable border contributes ~1e-6 of its error where another window is valid.
@@ -75,6 +76,26 @@ def window_starts(size: int, window: int, overlap: int) -> list[int]:
     gaps = -(-span // (window - overlap))  # windows after the first: ceil(span / stride)
     # floor(i * span / gaps + 1/2): integer, increasing, gaps <= stride
     return [(2 * i * span + gaps) // (2 * gaps) for i in range(gaps + 1)]
+
+
+def fractional_overlap(window: Sequence[int], fraction: float, unit: IntOrSeq = 1) -> list[int]:
+    """Per-axis overlap of about ``fraction`` of ``window``, a multiple of ``unit`` (e.g. the VAE's
+    in-plane factor for image tiles), at least one unit where the window holds more than one.
+
+    Overlap sets how often each voxel is computed: ~``(1 / (1 - fraction))`` times per axis, so
+    half-overlapping 3D tiles compute it ~8 times and quarter-overlapping ones ~2.4 times
+    (docs/benchmarks.md measures the time and the quality of both).
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"overlap fraction must be in [0, 1), got {fraction}")
+    units = _per_axis(unit, len(window), "unit")
+    out = []
+    for w, u in zip(window, units):
+        o = int(w * fraction) // u * u
+        if fraction > 0 and w > u:
+            o = max(o, u)
+        out.append(min(o, w - u) if w > u else 0)
+    return out
 
 
 def _profile(length: int, overlap: int, margin: int, dtype: torch.dtype) -> torch.Tensor:

@@ -168,3 +168,17 @@ def test_whole_volume_ddim_with_one_noise_field():
     tiled = sampler.sample(lambda z, t: denoiser(z, t, z_source), z_T, generator=torch.Generator().manual_seed(1))
     whole = sampler.sample(lambda z, t: FakeUNet()(z, t, z_source), z_T, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-5)
+
+
+def test_fractional_overlap_is_whole_units_and_at_least_one():
+    from bundle.diffusion.tiling import fractional_overlap
+
+    # the recipe's default (a quarter) at the demo's and the spec's slabs, image tiles in VAE units
+    assert fractional_overlap([8, 64, 64], 0.25, [1, 8, 8]) == [2, 16, 16]
+    assert fractional_overlap([8, 128, 128], 0.25, [1, 8, 8]) == [2, 32, 32]
+    assert fractional_overlap([8, 16, 16], 0.25) == [2, 4, 4]
+    assert fractional_overlap([8, 64, 64], 0.5, [1, 8, 8]) == [4, 32, 32]  # the earlier default
+    assert fractional_overlap([8, 16, 16], 0.05, [1, 8, 8]) == [1, 8, 8]   # never 0 where windows meet
+    assert fractional_overlap([8, 8, 8], 0.0) == [0, 0, 0]
+    with pytest.raises(ValueError, match="overlap fraction"):
+        fractional_overlap([8, 8, 8], 1.0)

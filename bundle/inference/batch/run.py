@@ -179,7 +179,7 @@ def run_batch(
     output_dir: str | os.PathLike,
     enhancer,
     *,
-    steps: int = 50,
+    steps: int = 10,
     eta: float = 0.0,
     strength: float = 1.0,
     num_samples: int = 1,
