@@ -58,7 +58,7 @@ def resolve(enhancer, overrides: dict) -> dict:
 
 def run_setting(enhancer, source: torch.Tensor, overrides: dict, steps: int) -> tuple[torch.Tensor, float]:
     saved = {k: getattr(enhancer, k) for k in ("image_tile", "image_overlap", "latent_window", "latent_overlap",
-                                              "window_batch_size")}
+                                              "window_batch_size", "precision")}
     try:
         settings = {k: v for k, v in overrides.items() if k not in ("num_inference_steps", "no_diffusion")}
         for key, value in settings.items():

@@ -138,6 +138,11 @@ def parse_variant(text: str) -> Variant:
     CTEnhancer setting (tuples comma-separated: ``image_overlap=2,16,16``); raises
     :class:`BenchmarkArgumentError` naming the problem."""
     text = str(text).strip()
+    if "+" in text:  # several settings in one row, e.g. image_overlap=2,16,16+steps=10
+        parts = tuple(parse_variant(part) for part in text.split("+"))
+        if any(part.kind in ("compile", "no_diffusion", "combined") for part in parts):
+            raise BenchmarkArgumentError(f"variant {text!r}: only settings, precisions and channels_last_3d combine with '+'")
+        return Variant(text, "combined", "", parts)
     if text in ("bf16", "fp16"):
         return Variant(text, "precision", "precision", text)
     if text in VARIANT_WORDS:
@@ -334,6 +339,11 @@ def _applied(enhancer, variant: Variant | None):
     """The enhancer with ``variant`` applied, restored afterwards."""
     if variant is None or variant.kind == "no_diffusion":
         yield
+    elif variant.kind == "combined":
+        with contextlib.ExitStack() as stack:
+            for part in variant.value:
+                stack.enter_context(_applied(enhancer, part))
+            yield
     elif variant.kind in ("setting", "precision"):
         before = getattr(enhancer, variant.key)
         setattr(enhancer, variant.key, variant.value)
@@ -358,6 +368,12 @@ def _applied(enhancer, variant: Variant | None):
             enhancer.unet = original
     else:  # pragma: no cover - parse_variant makes only the kinds above
         raise ValueError(f"unknown variant kind {variant.kind!r}")
+
+
+def _precision_of(variant: Variant) -> str:
+    """The network precision a variant runs in (fp32 unless it sets one)."""
+    parts = variant.value if variant.kind == "combined" else (variant,)
+    return next((part.value for part in parts if part.kind == "precision"), "fp32")
 
 
 def _first_line(error: BaseException) -> str:
@@ -505,8 +521,7 @@ def inference_rows(
                 fp32_out = out
         if is_reference:
             for variant in parsed:
-                precision = variant.value if variant.kind == "precision" else "fp32"
-                add(measure(vol, precision, variant, fp32_out)[0])
+                add(measure(vol, _precision_of(variant), variant, fp32_out)[0])
         del vol, fp32_out
     return rows
 

@@ -93,7 +93,12 @@ class CTEnhancer(nn.Module):
         latent_overlap: overlap of neighbouring U-Net windows, latent voxels per axis.
         image_tile, image_overlap: VAE encode/decode tiles in image voxels (decode tiles are the
             latent equivalent, divided in-plane by the VAE factor).
-        window_batch_size: U-Net windows evaluated together (memory vs speed).
+        window_batch_size: U-Net windows evaluated together (memory vs speed; 16 halves the U-Net's
+            time per step against 4 on the demo model, docs/benchmarks.md).
+        precision: autocast of the network calls: ``fp32``, ``bf16``, ``fp16`` (CUDA) or ``auto``
+            (bf16 where the device computes it natively, else fp32).
+        channels_last: run the networks with ``channels_last_3d`` weights (oneDNN's preferred
+            layout on CPUs; measured per device in ``ctv2v benchmark``).
         fidelity_weight: scale of the fidelity path's gates (a VAE with ``.fidelity``); 1 is what
             training used, 0 the specification's decoder. Ignored without a path.
         residual: output ``source + decode(z) - decode(encode(source))`` (HU) instead of
@@ -119,11 +124,12 @@ class CTEnhancer(nn.Module):
         latent_overlap=(2, 4, 4),
         image_tile=(16, 128, 128),
         image_overlap=(2, 32, 32),
-        window_batch_size: int = 4,
+        window_batch_size: int = 16,
         fidelity_weight: float = 1.0,
         residual: bool = False,
         source_lowpass_sigma: float = 0.0,
         precision: str = "fp32",
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         check_settings({"num_inference_steps": num_inference_steps, "eta": eta, "strength": strength,
@@ -153,6 +159,7 @@ class CTEnhancer(nn.Module):
         self.fidelity_weight = float(fidelity_weight)
         self.residual = bool(residual)
         self.source_lowpass_sigma = float(source_lowpass_sigma)
+        self.channels_last = bool(channels_last)
 
     # --- file format ----------------------------------------------------------------------------
     def get_extra_state(self) -> dict[str, Any]:
@@ -286,9 +293,18 @@ class CTEnhancer(nn.Module):
             raise ValueError(f"expected a CT of shape (B, 1, slices, H, W) in HU, got {tuple(source_hu.shape)}.")
         device = self.scale_factor.device
         x = x.to(device=device, dtype=torch.float32)
+        self._apply_memory_format()
         with autocast(device, self.precision):
             return self._enhance(x, unbatched, steps, eta, strength, num_samples, seed, progress,
                                  fidelity_weight, residual)
+
+    def _apply_memory_format(self) -> None:
+        """Weights in the layout ``channels_last`` asks for (a no-op once they are)."""
+        layout = torch.channels_last_3d if self.channels_last else torch.contiguous_format
+        if getattr(self, "_memory_format", torch.contiguous_format) is not layout:
+            self.autoencoder.to(memory_format=layout)
+            self.unet.to(memory_format=layout)
+            self._memory_format = layout
 
     def _enhance(self, x, unbatched, steps, eta, strength, num_samples, seed, progress, fidelity_weight, residual):
         padded, crop = self._pad(x)
@@ -342,6 +358,7 @@ class CTEnhancer(nn.Module):
         path, decode(encode(target), source). Without ``source_hu`` the path is off.
         """
         unbatched = hu.dim() == 4
+        self._apply_memory_format()
         padded, crop = self._pad(hu.unsqueeze(0) if unbatched else hu)
         source = None
         if source_hu is not None:

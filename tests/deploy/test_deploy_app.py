@@ -29,7 +29,7 @@ from bundle.inference.deploy import (
 )
 from tests.inference.test_inference_config import REPO, build_tiny_model
 
-STEPS = 50  # the default of configs/inference.yaml (which the app runs) and of `ctv2v enhance`
+STEPS = 10  # the default of configs/inference.yaml (which the app runs) and of `ctv2v enhance`
 SHAPE = (9, 64, 56)  # (slices, rows, cols): more slices than one window, rows != cols
 SPACING = (2.0, 0.7, 0.8)
 PATIENT = {"PatientName": "Doe^Jane", "PatientID": "PID777", "StudyInstanceUID": "1.2.826.0.1.3680043.8.498.77"}
