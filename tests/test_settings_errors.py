@@ -54,7 +54,7 @@ TRAINING_CASES = {
     "zero timesteps": ({"num_train_timesteps": 0}, "num_train_timesteps = 0: ", "an integer >= 1"),
     "zero batch": ({"batch_size": 0}, "batch_size = 0: ", "an integer >= 1"),
     "negative epochs": ({"num_epochs": -2}, "num_epochs = -2: ", "an integer >= 0"),
-    "latent cache not a bool": ({"phase1_latent_cache": "false"}, "phase1_latent_cache = 'false': ", "true or false"),
+    "latent cache not a switch": ({"phase1_latent_cache": "maybe"}, "phase1_latent_cache = 'maybe': ", "true or false"),
     "datalist with a missing file": (_missing_file, "training[0].source = '/nowhere/P1_source.nii.gz': ",
                                      "an existing NIfTI file or DICOM folder"),
     "datalist with no training entries": (lambda d: d.update(training=[]), "training = []: ",
@@ -205,3 +205,14 @@ def test_evaluate_with_a_bad_datalist_is_one_line(tiny_dataset, tmp_path, capsys
     assert code == 2 and "\n" not in err, err
     assert err.startswith("ctv2v evaluate: error: datalist ") and "test[0].target = 'gone.nii.gz': " in err
     assert not (tmp_path / "report").exists()
+
+
+def test_switches_take_the_words_a_command_line_gives():
+    # `python -m monai.bundle run training --phase1_latent_cache true` passes the text "true"
+    from bundle.utils.validation import SettingError, check_bool
+
+    assert check_bool("phase1_latent_cache", "true") is True
+    assert check_bool("phase1_latent_cache", "False") is False
+    assert check_bool("phase1_latent_cache", False) is False
+    with pytest.raises(SettingError, match="true or false"):
+        check_bool("phase1_latent_cache", "on and off")

@@ -34,6 +34,7 @@ from bundle.engines.latent_cache import MOMENTS, LatentBank, encode_crops
 from bundle.engines.losses import ReconstructionLoss
 from bundle.engines.reproducible import iteration_generator
 from bundle.networks import kl_divergence
+from bundle.utils.validation import check_bool
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class LatentDiffusionTrainer(RecipeTrainer):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.image_loader = self.data_loader
-        self.phase1_latent_cache = bool(phase1_latent_cache)
+        self.phase1_latent_cache = check_bool("phase1_latent_cache", phase1_latent_cache)
         self.latent_bank: LatentBank | None = None
         self.reconstruction_loss = reconstruction_loss or ReconstructionLoss()
         self.fidelity_loss = fidelity_loss or self.reconstruction_loss

@@ -10,6 +10,7 @@ from typing import Any
 from bundle.data.datalist import load_datalist
 from bundle.diffusion.schedule import PREDICTION_TYPES
 from bundle.utils.validation import (
+    check_bool,
     SettingError,
     _is_int,
     check_choice,
@@ -48,7 +49,6 @@ def check_training_settings(
     for name, value in (("num_epochs", num_epochs), ("phase1_epochs", phase1_epochs), ("vae_epochs", vae_epochs)):
         if not _is_int(value) or value < 0:
             raise SettingError(name, value, "an integer >= 0")
-    if not isinstance(phase1_latent_cache, bool):  # a string "false" would switch it on
-        raise SettingError("phase1_latent_cache", phase1_latent_cache, "true or false")
+    check_bool("phase1_latent_cache", phase1_latent_cache)
     load_datalist(datalist, "training")  # every path exists, at least one entry
     load_datalist(datalist, "validation", allow_empty=True)

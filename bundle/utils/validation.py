@@ -80,6 +80,17 @@ def _is_int(value: Any) -> bool:
     )
 
 
+def check_bool(setting: str, value: Any) -> bool:
+    """A switch: a bool, or the words a command line gives (``--flag true``: MONAI's bundle runner
+    passes the text); anything else is refused (``bool("false")`` would switch it on)."""
+    if isinstance(value, bool):
+        return value
+    words = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+    if isinstance(value, str) and value.strip().lower() in words:
+        return words[value.strip().lower()]
+    raise SettingError(setting, value, "true or false")
+
+
 def check_choice(setting: str, value: Any, choices: Iterable[Any]) -> Any:
     choices = tuple(choices)
     if value not in choices:
