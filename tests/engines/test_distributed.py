@@ -76,9 +76,10 @@ def test_two_processes_train_all_stages_like_one_process_of_the_global_batch(tin
     assert a.keys() == b.keys()
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     # the same samples, noise and timesteps; only the order of floating-point sums differs, which
-    # Adam amplifies where a gradient is near its eps: measured 1.8e-6. Each rank drawing its own
-    # noise instead (the bug this guards against) measured 5e-3
-    assert worst <= 2e-5, f"2 x batch 1 vs 1 x batch 2: max weight difference {worst:.3g}"
+    # Adam amplifies where a gradient is near its eps: measured 1.8e-6 on an AVX2 CPU and 3.8e-5 on
+    # an AVX512 one (other oneDNN kernels, the code before and after issue 16 alike). Each rank
+    # drawing its own noise instead (the bug this guards against) measured 5e-3
+    assert worst <= 2e-4, f"2 x batch 1 vs 1 x batch 2: max weight difference {worst:.3g}"
     print(f"2 processes x batch 1 vs 1 x batch 2: max weight difference {worst:.3g}")
 
     # resume: forget the newest diffusion checkpoint and the model; the re-run resumes from the
