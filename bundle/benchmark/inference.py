@@ -396,7 +396,7 @@ def inference_rows(
     model_path: str | Path | None = None,
     lengths: Iterable = (32, 64, 128),
     in_plane: int = 128,
-    steps: int = 20,
+    steps: int = 10,
     precisions: Sequence[str] = ("fp32",),
     variants: Sequence[str | Variant] = (),
     volume: str | Path | None = None,

@@ -172,7 +172,7 @@ def run_benchmark(
     model_path: str | Path | dict | None = None,
     lengths: Sequence = (32, 64, 128),
     in_plane: int = 128,
-    steps: int = 20,
+    steps: int = 10,
     variants: Sequence[str] = (),
     training_variants: Sequence[str] = (),
     iterations: int = 3,

@@ -4,14 +4,14 @@ Measures the matmul peak of each precision, then per size (``demo``, ``full`` or
 of configs/train.yaml such as tests/tiny.yaml) the sections ``training`` (phase iterations/s),
 ``inference`` (whole-volume ``enhance`` per volume length: seconds, encode / U-Net per step /
 decode, seconds per slab, peak memory, FLOP/s; variants against the plain fp32 output of one
-volume) and ``peer`` (the supervised baselines). Prints the machine, the parameter counts, a
+volume) and ``peer`` (MONAI core's AutoencoderKL and DiffusionModelUNet at the same widths). Prints the machine, the parameter counts, a
 Markdown table and the ratios measured side by side; ``--json`` writes all of it (rewritten after
-every section). The defaults (demo size, lengths 32 64 128, 20 steps) take about 10 minutes on a
+every section). The defaults (demo size, lengths 32 64 128, 10 steps as ``ctv2v enhance``) take about 5-10 minutes on a
 2-core CPU. A full-size check: ``--size full --lengths 8x128x128 32x256x256``.
 
 Variants (``--variant``): bf16, fp16, channels_last_3d, compile, no_diffusion, or KEY=VALUE of a
 CTEnhancer setting: steps=10, strength=0.5, window_batch_size=16, image_overlap=2,16,16,
-image_tile=16,128,128, latent_overlap=2,4,4, eta=1, fidelity_weight=0, ...
+image_tile=16,128,128, latent_overlap=2,4,4, eta=1, fidelity_weight=0, ...; several joined by +
 
 Exit code: 0 when measured, 2 for an argument that cannot be used (the message names it).
 """
@@ -44,7 +44,7 @@ def register(subparsers) -> None:
     parser.add_argument("--lengths", nargs="+", default=["32", "64", "128"],
                         help="inference volumes: slices (in-plane --in-plane) or SxHxW (default 32 64 128)")
     parser.add_argument("--in-plane", type=int, default=128, help="in-plane size of the volumes (default 128)")
-    parser.add_argument("--steps", type=int, default=20, help="DDIM steps of the inference rows (default 20)")
+    parser.add_argument("--steps", type=int, default=10, help="DDIM steps of the inference rows (default 10, as ctv2v enhance)")
     parser.add_argument("--variant", nargs="*", default=[], dest="variants",
                         help="inference variants against plain fp32, on the middle length or --volume "
                              "(default none; an empty --variant clears earlier ones)")
