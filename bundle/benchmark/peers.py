@@ -155,21 +155,9 @@ def peer_rows(
         side = isotropic_side(int(torch.tensor(spec.patch).prod()), factor)
         xi = (torch.rand((batch, x.shape[1], side, side, side), generator=generator) * 2 - 1).to(device)
         size = f"{_shape(xi.shape)} (isotropic; ours {_shape(x.shape)})"
-        peer = _build(monai_autoencoder, network, device)
-        if isinstance(peer, str):
-            rows.append(Row(section="peer", name=PEER_NAMES[1], size=size, precision=precision,
-                            extra={"skipped": peer}))
-        else:
-
-            def monai_vae(peer=peer, xi=xi) -> torch.Tensor:
-                recon, _, _ = peer(xi)
-                return F.mse_loss(recon.float(), xi)
-
-            row = _row(PEER_NAMES[1], size, precision, device, _fwd_bwd(monai_vae, peer, device, precision),
-                       batch, iterations, warmup, {"params_m": _params(peer)})
-            _versus(row, ours)
-            rows.append(row)
-        del peer, x, xi
+        rows.append(_peer_row(PEER_NAMES[1], size, monai_autoencoder, lambda peer, xi=xi: F.mse_loss(peer(xi)[0].float(), xi),
+                              network, ours, precision, device, batch, iterations, warmup))
+        del x, xi
         release(device)
 
         # --- U-Nets ---
@@ -192,22 +180,24 @@ def peer_rows(
         zi = torch.randn((batch, 2 * latent_channels, side, side, side), generator=generator).to(device)
         target_i = torch.randn((batch, latent_channels, side, side, side), generator=generator).to(device)
         size = f"{_shape(zi.shape)} (isotropic; ours {_shape(shape)} + condition)"
-        peer = _build(monai_unet, network, device)
-        if isinstance(peer, str):
-            rows.append(Row(section="peer", name=PEER_NAMES[3], size=size, precision=precision,
-                            extra={"skipped": peer}))
-        else:
-
-            def monai_unet_loss(peer=peer, zi=zi, target_i=target_i, t=t) -> torch.Tensor:
-                return F.mse_loss(peer(zi, t).float(), target_i)
-
-            row = _row(PEER_NAMES[3], size, precision, device, _fwd_bwd(monai_unet_loss, peer, device, precision),
-                       batch, iterations, warmup, {"params_m": _params(peer)})
-            _versus(row, ours)
-            rows.append(row)
-        del peer
+        rows.append(_peer_row(PEER_NAMES[3], size, monai_unet, lambda peer, zi=zi, t=t, y=target_i: F.mse_loss(peer(zi, t).float(), y),
+                              network, ours, precision, device, batch, iterations, warmup))
         release(device)
     return rows
+
+
+def _peer_row(name: str, size: str, make: Callable[[dict], torch.nn.Module],
+              loss_of: Callable[[torch.nn.Module], torch.Tensor], network: dict, ours: Row, precision: str,
+              device: torch.device, batch: int, iterations: int, warmup: int) -> Row:
+    """One MONAI network's forward + backward row beside ``ours`` (its FLOP/s ratio), or a skipped
+    row saying why it cannot be built here."""
+    peer = _build(make, network, device)
+    if isinstance(peer, str):
+        return Row(section="peer", name=name, size=size, precision=precision, extra={"skipped": peer})
+    row = _row(name, size, precision, device, _fwd_bwd(lambda: loss_of(peer), peer, device, precision),
+               batch, iterations, warmup, {"params_m": _params(peer)})
+    _versus(row, ours)
+    return row
 
 
 def _build(make: Callable[[dict], torch.nn.Module], network: dict, device: torch.device):
