@@ -7,7 +7,14 @@ terms push on exactly that, none needs downloaded weights:
 - ``ssim``: 1 - SSIM per axial slice (2D Gaussian window, MONAI's ``SSIMLoss``, data range 2);
 - ``gradient``: L1 of the finite differences along rows, columns and slices (edges);
 - ``frequency``: L1 of the difference of the in-plane 2D spectra (orthonormal FFT), which
-  weighs every spatial frequency alike where pixel L1 is mostly low frequencies.
+  weighs every spatial frequency alike where pixel L1 is mostly low frequencies;
+- ``mse``: the mean squared error, what PSNR measures (L1 estimates a median, MSE a mean);
+- ``class_bias``: per tissue class, the absolute MEAN error (signed errors averaged first), so
+  a level shift of a whole class (fat read 5 HU low) costs its full size, where L1 and MSE pay
+  it only in proportion to the class's share of the crop and among its noise. Classes are HU
+  ranges (:data:`bundle.metrics.hu_accuracy.HU_CLASSES`) of the target decoded from its
+  windows (``hu_windows``) and smoothed in-plane, so that the target's own noise does not pick
+  the voxels (selecting by a noisy value biases the selected mean).
 
 ``channel_weights`` weigh the window channels in the L1, gradient and frequency terms. Equal
 weights (the spec) make one unit of error cost the same in every channel, so a HU error costs
@@ -22,34 +29,62 @@ import torch
 import torch.nn.functional as F
 from monai.losses import SSIMLoss
 
+from bundle.data.windows import HUWindows
+from bundle.metrics.hu_accuracy import HU_CLASSES
+
 __all__ = ["ReconstructionLoss"]
 
 
 class ReconstructionLoss:
-    """``l1 * L1 + ssim * (1 - SSIM) + gradient * L1(grad) + frequency * L1(FFT)``.
+    """``l1 * L1 + ssim * (1 - SSIM) + gradient * L1(grad) + frequency * L1(FFT) + mse * MSE
+    + class_bias * mean |class mean error|``.
 
     Args:
-        l1, ssim, gradient, frequency: term weights (0 leaves a term out, not even computed).
-        channel_weights: one weight per channel for the L1, gradient and frequency terms (a
-            weighted mean over channels); None = all channels alike (plain means, the spec).
+        l1, ssim, gradient, frequency, mse, class_bias: term weights (0 leaves a term out, not
+            even computed).
+        channel_weights: one weight per channel for the L1, gradient, frequency, MSE and class
+            bias terms (a weighted mean over channels); None = all channels alike (plain means,
+            the spec).
+        hu_windows: the ``[[lo, hi], ...]`` windows of the channels; needed by ``class_bias``.
+        class_smoothing: in-plane side (pixels, odd) of the box filter applied to the target's HU
+            before it is classed.
+        class_min_voxels: a class counts in a sample from this many voxels on.
 
     ``loss(recon, target) -> (total, {term: float})`` with ``(B, C, T, H, W)`` inputs; the terms
     are computed in float32 whatever the autocast precision.
     """
 
     def __init__(
-        self, l1: float = 1.0, ssim: float = 0.0, gradient: float = 0.0, frequency: float = 0.0, channel_weights=None
+        self,
+        l1: float = 1.0,
+        ssim: float = 0.0,
+        gradient: float = 0.0,
+        frequency: float = 0.0,
+        channel_weights=None,
+        mse: float = 0.0,
+        class_bias: float = 0.0,
+        hu_windows=None,
+        class_smoothing: int = 5,
+        class_min_voxels: int = 64,
     ) -> None:
         if channel_weights is not None:
             channel_weights = torch.as_tensor(channel_weights, dtype=torch.float32).flatten()
             if channel_weights.numel() == 0 or (channel_weights < 0).any() or not channel_weights.sum() > 0:
                 raise ValueError(f"channel_weights must be >= 0 with a positive sum, got {channel_weights.tolist()}.")
         self.channel_weights = channel_weights
-        self.weights = {"l1": float(l1), "ssim": float(ssim), "gradient": float(gradient), "frequency": float(frequency)}
+        self.weights = {"l1": float(l1), "ssim": float(ssim), "gradient": float(gradient), "frequency": float(frequency),
+                        "mse": float(mse), "class_bias": float(class_bias)}
         if any(w < 0 for w in self.weights.values()):
             raise ValueError(f"reconstruction loss weights must be >= 0, got {self.weights}.")
         if not any(self.weights.values()):
             raise ValueError("at least one reconstruction loss weight must be > 0.")
+        if class_bias > 0 and hu_windows is None:
+            raise ValueError("class_bias needs hu_windows: the target's HU picks each voxel's tissue class.")
+        if class_smoothing < 1 or class_smoothing % 2 == 0:
+            raise ValueError(f"class_smoothing must be an odd number of pixels >= 1, got {class_smoothing}.")
+        self.hu_windows = HUWindows(hu_windows) if hu_windows is not None else None
+        self.class_smoothing = int(class_smoothing)
+        self.class_min_voxels = int(class_min_voxels)
         self._ssim = SSIMLoss(spatial_dims=2, data_range=2.0, win_size=7, kernel_sigma=1.5) if ssim > 0 else None
 
     def __call__(self, recon: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -73,6 +108,10 @@ class ReconstructionLoss:
         if self.weights["frequency"]:
             diff = torch.fft.rfft2(recon, norm="ortho") - torch.fft.rfft2(target, norm="ortho")
             values["frequency"] = self._mean(diff.abs())
+        if self.weights["mse"]:
+            values["mse"] = self._mean((recon - target).square())
+        if self.weights["class_bias"]:
+            values["class_bias"] = self._class_bias(recon, target)
         total = sum(self.weights[k] * v for k, v in values.items())
         return total, {k: float(v.detach()) for k, v in values.items()}
 
@@ -85,6 +124,33 @@ class ReconstructionLoss:
         per_channel = error.transpose(0, 1).reshape(error.shape[1], -1).mean(dim=1)
         weights = self.channel_weights.to(per_channel.device)
         return (weights * per_channel).sum() / weights.sum()
+
+    def _class_bias(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean over (sample, class) of the channel-weighted |mean error| in that class's voxels."""
+        with torch.no_grad():
+            hu = self.hu_windows.to_hu(target, channel_dim=1)  # (B, 1, T, H, W)
+            k = self.class_smoothing
+            if k > 1:  # replicate-padded box filter per slice: the classes of the smoothed anatomy
+                flat = _slices(hu)
+                flat = F.avg_pool2d(F.pad(flat, (k // 2,) * 4, mode="replicate"), k, stride=1)
+                hu = flat.reshape(hu.shape[0], hu.shape[2], 1, *hu.shape[3:]).transpose(1, 2)
+            masks = torch.stack([(hu >= lo) & (hu < hi) for lo, hi in HU_CLASSES.values()], dim=1).float()
+            counts = masks.flatten(2).sum(-1)  # (B, K)
+            present = counts >= self.class_min_voxels
+        if not present.any():
+            return recon.new_zeros(())
+        error = (recon - target).flatten(2)  # (B, C, N)
+        mask = masks.flatten(2)  # (B, K, N)
+        class_mean = torch.einsum("bcn,bkn->bkc", error, mask) / counts.clamp(min=1)[..., None]  # (B, K, C)
+        weights = self.channel_weights.to(error.device) if self.channel_weights is not None else None
+        abs_mean = class_mean.abs()  # (B, K, C)
+        if weights is None:
+            per_bk = abs_mean.mean(-1)
+        else:
+            if abs_mean.shape[-1] != weights.numel():
+                raise ValueError(f"{weights.numel()} channel weights for {abs_mean.shape[-1]} channels.")
+            per_bk = (abs_mean * weights).sum(-1) / weights.sum()
+        return per_bk[present].mean()
 
 
 def _slices(x: torch.Tensor) -> torch.Tensor:
