@@ -79,3 +79,14 @@ def test_full_size_default_is_the_demo_design_at_full_widths():
     for key in ("fidelity_loss_weight", "prediction_type"):
         assert recipe.get_parsed_content(key) == demo.get_parsed_content(key)
     assert recipe.get_parsed_content("enhancer_settings")["source_lowpass_sigma"] == 3.0
+
+
+def test_quality_recipe_trains_the_path_longer_on_the_squared_error_with_the_class_level_term():
+    parser = parser_for("train", "demo", "quality")
+    assert parser.get_parsed_content("vae_epochs") == 40
+    path = parser.get_parsed_content("fidelity_loss")
+    assert loss_terms(path) == {"mse": 25.0, "gradient": 1.0, "class_bias": 1.0, "channel_weights": None}
+    assert path.hu_windows.as_config() == parser.get_parsed_content("hu_windows")
+    # both stages train the path on it; the VAE's own terms stay the demo's
+    assert parser.get("vae_stage")["fidelity_loss"] == parser.get("diffusion_trainer")["fidelity_loss"] == "@fidelity_loss"
+    assert loss_terms(parser.get_parsed_content("reconstruction_loss")) == {"l1": 1.0, "gradient": 1.0, "channel_weights": None}
