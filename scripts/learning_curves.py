@@ -7,8 +7,9 @@ clock from the log's first line. Run from the bundle root, e.g.
     python scripts/learning_curves.py runs/q/*.log --output docs/quality_curves.png
 
 Prints one table per run (validation rows per epoch, with the minute they were measured) and
-writes the figure: left, validation PSNR of each row (``model``, ``ceiling``, ``identity``...)
-against minutes; right, the path's training loss per epoch (mean of its logged iterations).
+writes the figure: left, validation PSNR of each row (``model``, ``ceiling``...) against minutes,
+the input as a level; right, the path's VAE-stage training term per epoch (mean of its logged
+iterations).
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def plot(runs: dict[str, dict], output: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    identities: set[float] = set()
     styles = {"model": "-o", "ceiling": "--^", "identity": ":", "vae_ceiling": "-.", "redcnn": "--s"}
     for i, (name, run) in enumerate(runs.items()):
         color = f"C{i % 10}"
@@ -84,15 +86,22 @@ def plot(runs: dict[str, dict], output: Path) -> None:
             if row == "vae_ceiling":
                 continue  # the spec decoder alone: tens of dB lower, it would flatten the axis
             points = [(m, v[row]) for m, _, v in run["validation"] if row in v]
+            if row == "identity":  # the input: one level for the whole run, drawn across
+                identities.add(points[0][1])
+                continue
             left.plot(*zip(*points), styles.get(row, "-x"), color=color, label=f"{name}: {row}", markersize=4)
-        for term in PATH_TERMS:
-            points = [(m, value) for m, _, _, t, value in run["path"] if t == term]
+        for term in PATH_TERMS[:2]:  # the VAE stage's term (phase 2 logs a weighted total)
+            points = [(m, value) for m, stage, _, t, value in run["path"] if t == term and stage == 0]
             if points:
                 right.plot(*zip(*points), "-", color=color, label=f"{name}: {term}")
+    for level in sorted(identities):
+        left.axhline(level, color="grey", linestyle=":", label=f"input (identity) {level:.2f}")
     left.set(xlabel="training minutes", ylabel="validation PSNR [-160, 240] HU vs full dose (dB)",
              title="validation rows")
     right.set(xlabel="training minutes", ylabel="path training loss (epoch mean)", yscale="log",
-              title="the fidelity path's term")
+              title="the path's VAE-stage term (L1, MSE: other units)")
+    left.set_xlim(left=0)
+    right.set_xlim(left=0)
     left.legend(fontsize=6)
     right.legend(fontsize=6)
     fig.tight_layout()
