@@ -126,31 +126,21 @@ class ReconstructionLoss:
         return (weights * per_channel).sum() / weights.sum()
 
     def _class_bias(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Mean over (sample, class) of the channel-weighted |mean error| in that class's voxels."""
+        """Mean over the (sample, class) pairs present of the channel-weighted |mean error| there."""
         with torch.no_grad():
             hu = self.hu_windows.to_hu(target, channel_dim=1)  # (B, 1, T, H, W)
             k = self.class_smoothing
-            if k > 1:  # replicate-padded box filter per slice: the classes of the smoothed anatomy
-                flat = _slices(hu)
-                flat = F.avg_pool2d(F.pad(flat, (k // 2,) * 4, mode="replicate"), k, stride=1)
-                hu = flat.reshape(hu.shape[0], hu.shape[2], 1, *hu.shape[3:]).transpose(1, 2)
-            masks = torch.stack([(hu >= lo) & (hu < hi) for lo, hi in HU_CLASSES.values()], dim=1).float()
-            counts = masks.flatten(2).sum(-1)  # (B, K)
+            if k > 1:  # replicate-padded in-plane box filter: the classes of the smoothed anatomy
+                hu = F.avg_pool3d(F.pad(hu, (k // 2,) * 4 + (0, 0), mode="replicate"), (1, k, k), stride=1)
+            masks = torch.cat([(hu >= lo) & (hu < hi) for lo, hi in HU_CLASSES.values()], dim=1).flatten(2).float()
+            counts = masks.sum(-1)  # (B, K)
             present = counts >= self.class_min_voxels
         if not present.any():
             return recon.new_zeros(())
         error = (recon - target).flatten(2)  # (B, C, N)
-        mask = masks.flatten(2)  # (B, K, N)
-        class_mean = torch.einsum("bcn,bkn->bkc", error, mask) / counts.clamp(min=1)[..., None]  # (B, K, C)
-        weights = self.channel_weights.to(error.device) if self.channel_weights is not None else None
-        abs_mean = class_mean.abs()  # (B, K, C)
-        if weights is None:
-            per_bk = abs_mean.mean(-1)
-        else:
-            if abs_mean.shape[-1] != weights.numel():
-                raise ValueError(f"{weights.numel()} channel weights for {abs_mean.shape[-1]} channels.")
-            per_bk = (abs_mean * weights).sum(-1) / weights.sum()
-        return per_bk[present].mean()
+        class_mean = torch.einsum("bcn,bkn->bkc", error, masks) / counts.clamp(min=1)[..., None]  # (B, K, C)
+        # (pairs, C): _mean's per-channel means over the pairs, weighted across channels
+        return self._mean(class_mean[present].abs())
 
 
 def _slices(x: torch.Tensor) -> torch.Tensor:
