@@ -25,6 +25,9 @@ def register(subparsers) -> None:
     parser.add_argument("--dose", type=float, default=0.25, help="dose fraction of the sources (default 0.25)")
     parser.add_argument("--dtype", choices=("int16", "float32"), default="int16", help="NIfTI data type (default int16)")
     parser.add_argument("--workers", type=int, default=2, help="threads, one slice each (default 2)")
+    parser.add_argument("--qa-volumes", type=int, default=0, metavar="N",
+                        help="N more QA cylinders drawn at random: the first in validation when N >= 2, the rest in "
+                             "training (default 0; the test split is the same either way)")
     parser.add_argument("--force", action="store_true", help="rebuild even if OUT holds a complete dataset")
     parser.set_defaults(func=run)
 
@@ -44,6 +47,7 @@ def run(args) -> int:
             dtype=args.dtype,
             force=args.force,
             workers=args.workers,
+            qa_volumes=args.qa_volumes,
             log=print,
         )
     except ValueError as exc:

@@ -14,6 +14,10 @@ its low-dose / full-dose pair (:mod:`bundle.data.simulate`) and writes into OUT:
   ``<patient>_source_dose<d>.nii.gz`` for each of ``sweep_doses``;
 * ``qa000``: an ACR/Catphan-like QA cylinder (:func:`bundle.data.phantom.make_qa_phantom`) in the
   test split, through the same dose pipeline;
+* with ``qa_volumes`` N > 0, N more QA cylinders ``qa001``, ... drawn at random (other sizes,
+  materials and layout than ``qa000``): the first in validation when N >= 2, the rest in
+  training, so the model sees uniform regions and validation can see it fail on them. The
+  patients, their split and every test file are the same as with N = 0;
 * ``dicom/<patient>/``: the SOURCE as a CT DICOM series, for the first test patient (what the
   batch tool enhances) and the first training patient; the datalist points at these folders
   for those two patients' sources, so training, validation and inference all go through the
@@ -101,14 +105,17 @@ def split_demo_patients(patients: list[str], seed: int) -> dict[str, list[str]]:
 
 def demo_settings(
     num_volumes: int = 8, slices: int = 32, size: int = 128, seed: int = 0, dose: float = 0.25, dtype: str = "int16",
-    qa_phantom: bool = True, sweep_doses=SWEEP_DOSES,
+    qa_phantom: bool = True, sweep_doses=SWEEP_DOSES, qa_volumes: int = 0,
 ) -> dict:
     """Everything the dataset's content depends on; equal settings mean equal files."""
     if num_volumes < 1 or slices < 1 or size < 16:
         raise ValueError(f"need at least 1 volume, 1 slice and 16 x 16 pixels, got {num_volumes}, {slices}, {size}")
     if not 0 < dose <= 1:
         raise ValueError(f"dose must be in (0, 1], got {dose}")
+    if qa_volumes < 0:
+        raise ValueError(f"qa_volumes must be >= 0, got {qa_volumes}")
     spacing, _, _ = demo_geometry(slices, size)
+    extra = {"qa_volumes": int(qa_volumes)} if qa_volumes else {}  # absent at 0: earlier datasets stay complete
     return {
         "format": _FORMAT,
         "num_volumes": int(num_volumes),
@@ -121,6 +128,7 @@ def demo_settings(
         "sweep_doses": [float(d) for d in sweep_doses],
         "spacing_mm": list(spacing),
         "i0_full": calibrated_i0(scan_geometry((size, size), spacing[1])),
+        **extra,
     }
 
 
@@ -160,6 +168,7 @@ def make_demo_dataset(
     workers: int = 2,
     qa_phantom: bool = True,
     sweep_doses=SWEEP_DOSES,
+    qa_volumes: int = 0,
     log: Callable[[str], None] = logger.info,
 ) -> dict:
     """Write (or find complete) the demo dataset in ``out``; returns its manifest.
@@ -169,7 +178,7 @@ def make_demo_dataset(
     (patient -> series folder), ``seconds`` and ``skipped`` (True when nothing was done).
     """
     out = Path(out)
-    settings = demo_settings(num_volumes, slices, size, seed, dose, dtype, qa_phantom, sweep_doses)
+    settings = demo_settings(num_volumes, slices, size, seed, dose, dtype, qa_phantom, sweep_doses, qa_volumes)
     if not force:
         manifest = load_complete_manifest(out, settings)
         if manifest is not None:
@@ -189,6 +198,9 @@ def make_demo_dataset(
     if qa_phantom:
         patients.append("qa000")
         splits["test"].append("qa000")
+    for k in range(1, qa_volumes + 1):  # after qa000: every earlier volume keeps its index and noise seeds
+        patients.append(f"qa{k:03d}")
+        splits["validation" if k == 1 and qa_volumes >= 2 else "training"].append(f"qa{k:03d}")
     split_of = {p: split for split, members in splits.items() for p in members}
     dicom_patients = [members[0] for members in (splits["test"], splits["training"]) if members]
     uid_key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -200,8 +212,10 @@ def make_demo_dataset(
         for index, patient in enumerate(patients):
             t0 = time.perf_counter()
             phantom_seed, noise_seed = np.random.SeedSequence([seed, index]).generate_state(2)
-            if patient.startswith("qa"):
+            if patient == "qa000":
                 phantom = make_qa_phantom(shape=(slices, size, size), spacing=spacing)
+            elif patient.startswith("qa"):
+                phantom = make_qa_phantom(shape=(slices, size, size), spacing=spacing, seed=int(phantom_seed))
             else:
                 phantom = make_phantom(int(phantom_seed), shape=(slices, size, size), spacing=spacing)
             t1 = time.perf_counter()

@@ -350,31 +350,54 @@ def make_qa_phantom(
     shape: tuple[int, int, int] = (32, 128, 128),
     spacing: tuple[float, float, float] = (2.5, 2.7, 2.7),
     diameter_mm: float = 220.0,
+    seed: int | None = None,
 ) -> Phantom:
     """An ACR/Catphan-like QA cylinder: a water cylinder in air (the axis along the slices) with
     six material inserts (air, fat, water, soft tissue, bone-like 700 and 1200 HU, 10 mm radius)
     on an outer ring, whose edges serve the TTF, and low-contrast discs of 5-15 HU at radii of
-    1.5-5 mm on an inner ring. Deterministic; blurred like the patients (the scanner's blur)."""
+    1.5-5 mm on an inner ring. Blurred like the patients (the scanner's blur).
+
+    ``seed=None`` gives the one deterministic test phantom. A seed draws a variant of the same
+    kind, for training and validation (uniform regions are rare in patients, and a model that has
+    seen none fails on the QA phantom): an elliptical body of 160-300 mm (aspect 0.75-1) at
+    -5..45 HU, the ring rotated at random, insert HU within 10 % (at least 10 HU) of nominal, the
+    disc contrasts shuffled and scaled by 0.8-1.5.
+    """
     slices, rows, cols = (int(v) for v in shape)
     dz, dy, dx = (float(v) for v in spacing)
     y = ((np.arange(rows) - (rows - 1) / 2) * dy)[:, None]
     x = ((np.arange(cols) - (cols - 1) / 2) * dx)[None, :]
-    radius_mm = min(diameter_mm / 2, 0.45 * min(rows * dy, cols * dx))
+    limit_mm = 0.45 * min(rows * dy, cols * dx)
+    insert_hu = {name: value for name, (value, _) in QA_INSERTS.items()}
+    discs, rotation, aspect, body_hu = list(QA_DISCS), 0.0, 1.0, 0.0
+    if seed is not None:
+        rng = np.random.default_rng(seed)
+        diameter_mm = float(rng.uniform(160.0, 300.0))
+        aspect = float(rng.uniform(0.75, 1.0))
+        body_hu = float(rng.uniform(-5.0, 45.0))
+        rotation = float(rng.uniform(0.0, 360.0))
+        insert_hu = {name: max(HU["air"], value + float(rng.uniform(-1, 1)) * max(10.0, 0.1 * abs(value)))
+                     for name, value in insert_hu.items()}  # nothing below air
+        scale = rng.uniform(0.8, 1.5, size=len(discs))
+        discs = [(float(c * s), r) for (c, _), s, (_, r) in zip(rng.permutation(discs), scale, discs)]
+    radius_mm = min(diameter_mm / 2, limit_mm)
+    semi_y = aspect * radius_mm  # the body's half-height; half-width = radius_mm
     hu2d = np.full((rows, cols), HU["air"], np.float32)
     labels2d = np.zeros((rows, cols), np.uint8)
-    body = np.hypot(y, x) < radius_mm
-    hu2d[body], labels2d[body] = 0.0, LABELS["water"]
+    body = np.hypot(y / semi_y, x / radius_mm) < 1
+    hu2d[body], labels2d[body] = body_hu, LABELS["water"]
     inserts, lesions = [], []
-    ring = 0.62 * radius_mm
-    for name, (value, angle) in QA_INSERTS.items():
-        cy, cx = ring * np.sin(np.deg2rad(angle)), ring * np.cos(np.deg2rad(angle))
+    ring = 0.62 * semi_y
+    for name, (_, angle) in QA_INSERTS.items():
+        theta = np.deg2rad(angle + rotation)
+        cy, cx = ring * np.sin(theta), ring * np.cos(theta)
         disc = np.hypot(y - cy, x - cx) < 10.0
-        hu2d[disc], labels2d[disc] = value, LABELS["insert"]
+        hu2d[disc], labels2d[disc] = insert_hu[name], LABELS["insert"]
         centre = (float(cy / dy + (rows - 1) / 2), float(cx / dx + (cols - 1) / 2))
-        inserts.append({"name": name, "centre": centre, "radius_mm": 10.0, "hu": value})
-    inner = 0.3 * radius_mm
-    for index, (contrast, r) in enumerate(QA_DISCS):
-        angle = 2 * np.pi * index / len(QA_DISCS)
+        inserts.append({"name": name, "centre": centre, "radius_mm": 10.0, "hu": insert_hu[name]})
+    inner = 0.3 * semi_y
+    for index, (contrast, r) in enumerate(discs):
+        angle = 2 * np.pi * index / len(discs) + np.deg2rad(rotation)
         cy, cx = inner * np.sin(angle), inner * np.cos(angle)
         disc = np.hypot(y - cy, x - cx) < r
         hu2d[disc] += contrast

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-import time
 
 import numpy as np
 import pytest
@@ -59,12 +58,6 @@ def test_consecutive_slices_are_coherent_and_change_along_z(phantoms):
         assert np.corrcoef(hu[0], hu[-1])[0, 1] < min(neighbours)  # anatomy evolves along z
         organ_area = (phantom.labels == LABELS["liver"]).sum(axis=(1, 2))
         assert organ_area.max() > organ_area.min()  # organs change size along z
-
-
-def test_phantom_is_fast():
-    start = time.perf_counter()
-    make_phantom(11)
-    assert time.perf_counter() - start < 3.0  # about 0.5 s on 2 cores; generous for a busy host
 
 
 def test_custom_shape_and_spacing():
@@ -181,3 +174,57 @@ def test_demo_second_run_is_skipped_and_force_rebuilds(demo, capsys):
     assert main(["demo-data", str(demo), *TINY, "--force"]) == 0
     assert (demo / "demo002_source.nii.gz").is_file()
     assert json.loads(manifest.read_text())["settings"]["num_volumes"] == 3
+
+
+# ------------------------------------------------------------------------------ QA cylinders
+
+
+def test_seeded_qa_cylinders_vary_but_keep_the_layout():
+    """The test phantom stays the one deterministic cylinder; a seed draws another of the same kind
+    (what training and validation get): other size and values, the same six inserts, HU as recorded."""
+    from bundle.data.phantom import QA_INSERTS, make_qa_phantom
+
+    shape, spacing = (4, 96, 96), (2.5, 3.6, 3.6)
+    canonical = make_qa_phantom(shape, spacing)
+    np.testing.assert_array_equal(canonical.hu, make_qa_phantom(shape, spacing, seed=None).hu)
+    variants = [make_qa_phantom(shape, spacing, seed=s) for s in (1, 2)]
+    np.testing.assert_array_equal(variants[0].hu, make_qa_phantom(shape, spacing, seed=1).hu)
+    assert not np.array_equal(variants[0].hu, variants[1].hu)
+    for phantom in variants:
+        assert not np.array_equal(phantom.hu, canonical.hu)
+        assert [i["name"] for i in phantom.inserts] == list(QA_INSERTS)
+        for insert in phantom.inserts:
+            nominal = QA_INSERTS[insert["name"]][0]
+            assert insert["hu"] >= -1000.0
+            assert abs(insert["hu"] - nominal) <= max(10.0, 0.1 * abs(nominal)) + 1e-6
+            row, col = (int(round(v)) for v in insert["centre"])
+            assert abs(phantom.hu[2, row, col] - insert["hu"]) < 5.0, insert  # the recorded HU is what is painted
+        assert len(phantom.lesions) == 8 and all(5.0 * 0.8 - 1e-6 <= d["contrast_hu"] <= 15.0 * 1.5 + 1e-6
+                                                 for d in phantom.lesions)
+        assert flat_region(phantom).sum() > 500  # a uniform body to measure noise in
+
+
+def test_demo_qa_volumes_go_to_training_and_validation_and_leave_the_test_split(demo, tmp_path):
+    from bundle.cli import main
+    from bundle.data.volume_io import load_ct
+
+    out = tmp_path / "with_qa"
+    assert main(["demo-data", str(out), *TINY, "--qa-volumes", "2"]) == 0
+    datalist = json.loads((out / "datalist.json").read_text())
+    splits = {split: [e["patient"] for e in datalist[split]] for split in ("training", "validation", "test")}
+    assert "qa001" in splits["validation"] and "qa002" in splits["training"] and "qa000" in splits["test"]
+    reference = json.loads((demo / "datalist.json").read_text())
+    for split in ("training", "validation", "test"):  # the patients keep their split
+        assert [p for p in splits[split] if p not in ("qa001", "qa002")] == [e["patient"] for e in reference[split]]
+    for entry in reference["test"]:  # the same test files, noise draws included
+        for key in ("source", "target", "clean"):
+            np.testing.assert_array_equal(load_ct(out / entry[key]).hu, load_ct(demo / entry[key]).hu)
+    assert json.loads((out / "demo.json").read_text())["settings"]["qa_volumes"] == 2
+    assert "qa_volumes" not in json.loads((demo / "demo.json").read_text())["settings"]  # earlier datasets stay valid
+
+
+def test_demo_rejects_a_negative_qa_volume_count(tmp_path, capsys):
+    from bundle.cli import main
+
+    assert main(["demo-data", str(tmp_path / "x"), *TINY, "--qa-volumes", "-1"]) == 2
+    assert "qa_volumes must be >= 0" in capsys.readouterr().err
