@@ -359,7 +359,8 @@ def make_qa_phantom(
 
     ``seed=None`` gives the one deterministic test phantom. A seed draws a variant of the same
     kind, for training and validation (uniform regions are rare in patients, and a model that has
-    seen none fails on the QA phantom): an elliptical body of 160-300 mm (aspect 0.75-1) at
+    seen none fails on the QA phantom): an elliptical body of 160-300 mm (drawn: ``diameter_mm``
+    applies to the test phantom only; aspect 0.75-1) at
     -5..45 HU, the ring rotated at random, insert HU within 10 % (at least 10 HU) of nominal, the
     disc contrasts shuffled and scaled by 0.8-1.5.
     """
