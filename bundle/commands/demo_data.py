@@ -28,6 +28,9 @@ def register(subparsers) -> None:
     parser.add_argument("--qa-volumes", type=int, default=0, metavar="N",
                         help="N more QA cylinders drawn at random: the first in validation when N >= 2, the rest in "
                              "training (default 0; the test split is the same either way)")
+    parser.add_argument("--reading-i0", type=float, default=None, metavar="PHOTONS",
+                        help="photon starvation: full-dose photons per reading of the modelled scanner "
+                             "(ctv2v simulate --help; default: none)")
     parser.add_argument("--force", action="store_true", help="rebuild even if OUT holds a complete dataset")
     parser.set_defaults(func=run)
 
@@ -48,6 +51,7 @@ def run(args) -> int:
             force=args.force,
             workers=args.workers,
             qa_volumes=args.qa_volumes,
+            reading_i0=args.reading_i0,
             log=print,
         )
     except ValueError as exc:

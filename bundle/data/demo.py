@@ -18,6 +18,8 @@ its low-dose / full-dose pair (:mod:`bundle.data.simulate`) and writes into OUT:
   materials and layout than ``qa000``): the first in validation when N >= 2, the rest in
   training, so the model sees uniform regions and validation can see it fail on them. The
   patients, their split and every test file are the same as with N = 0;
+* with ``reading_i0``, every pair simulated with photon starvation
+  (:func:`bundle.data.simulate.simulate_pair`'s ``reading_i0``): the same anatomy, other noise;
 * ``dicom/<patient>/``: the SOURCE as a CT DICOM series, for the first test patient (what the
   batch tool enhances) and the first training patient; the datalist points at these folders
   for those two patients' sources, so training, validation and inference all go through the
@@ -105,7 +107,7 @@ def split_demo_patients(patients: list[str], seed: int) -> dict[str, list[str]]:
 
 def demo_settings(
     num_volumes: int = 8, slices: int = 32, size: int = 128, seed: int = 0, dose: float = 0.25, dtype: str = "int16",
-    qa_phantom: bool = True, sweep_doses=SWEEP_DOSES, qa_volumes: int = 0,
+    qa_phantom: bool = True, sweep_doses=SWEEP_DOSES, qa_volumes: int = 0, reading_i0: float | None = None,
 ) -> dict:
     """Everything the dataset's content depends on; equal settings mean equal files."""
     if num_volumes < 1 or slices < 1 or size < 16:
@@ -115,7 +117,12 @@ def demo_settings(
     if qa_volumes < 0:
         raise ValueError(f"qa_volumes must be >= 0, got {qa_volumes}")
     spacing, _, _ = demo_geometry(slices, size)
-    extra = {"qa_volumes": int(qa_volumes)} if qa_volumes else {}  # absent at 0: earlier datasets stay complete
+    if reading_i0 is not None and not reading_i0 > 0:
+        raise ValueError(f"reading_i0 must be positive, got {reading_i0}")
+    # absent at their defaults: datasets made before these settings existed stay complete
+    extra = {"qa_volumes": int(qa_volumes)} if qa_volumes else {}
+    if reading_i0 is not None:
+        extra["reading_i0"] = float(reading_i0)
     return {
         "format": _FORMAT,
         "num_volumes": int(num_volumes),
@@ -169,6 +176,7 @@ def make_demo_dataset(
     qa_phantom: bool = True,
     sweep_doses=SWEEP_DOSES,
     qa_volumes: int = 0,
+    reading_i0: float | None = None,
     log: Callable[[str], None] = logger.info,
 ) -> dict:
     """Write (or find complete) the demo dataset in ``out``; returns its manifest.
@@ -178,7 +186,8 @@ def make_demo_dataset(
     (patient -> series folder), ``seconds`` and ``skipped`` (True when nothing was done).
     """
     out = Path(out)
-    settings = demo_settings(num_volumes, slices, size, seed, dose, dtype, qa_phantom, sweep_doses, qa_volumes)
+    settings = demo_settings(num_volumes, slices, size, seed, dose, dtype, qa_phantom, sweep_doses, qa_volumes,
+                             reading_i0)
     if not force:
         manifest = load_complete_manifest(out, settings)
         if manifest is not None:
@@ -219,7 +228,8 @@ def make_demo_dataset(
             else:
                 phantom = make_phantom(int(phantom_seed), shape=(slices, size, size), spacing=spacing)
             t1 = time.perf_counter()
-            source, target = simulate_pair(phantom.hu, spacing, dose=dose, seed=int(noise_seed), executor=executor)
+            source, target = simulate_pair(phantom.hu, spacing, dose=dose, seed=int(noise_seed), executor=executor,
+                                           reading_i0=reading_i0)
             t2 = time.perf_counter()
             names = {"source": f"{patient}_source.nii.gz", "target": f"{patient}_target.nii.gz",
                      "clean": f"{patient}_clean.nii.gz", "labels": f"{patient}_labels.nii.gz",
@@ -237,11 +247,13 @@ def make_demo_dataset(
             if split_of[patient] == "test":
                 # a second full-dose realisation and the dose sweep, each its own noise draw
                 seeds = np.random.SeedSequence([seed, index, 1]).generate_state(1 + len(sweep_doses))
-                _, repeat = simulate_pair(phantom.hu, spacing, dose=1.0, seed=int(seeds[0]), executor=executor)
+                _, repeat = simulate_pair(phantom.hu, spacing, dose=1.0, seed=int(seeds[0]), executor=executor,
+                                          reading_i0=reading_i0)
                 extra["target_repeat"] = f"{patient}_target2.nii.gz"
                 save_nifti(repeat, out / extra["target_repeat"], affine, dtype=dtype)
                 for sweep_dose, sweep_seed in zip(sweep_doses, seeds[1:]):
-                    low, _ = simulate_pair(phantom.hu, spacing, dose=sweep_dose, seed=int(sweep_seed), executor=executor)
+                    low, _ = simulate_pair(phantom.hu, spacing, dose=sweep_dose, seed=int(sweep_seed),
+                                           executor=executor, reading_i0=reading_i0)
                     extra[f"source_dose{sweep_dose:g}"] = f"{patient}_source_dose{sweep_dose:g}.nii.gz"
                     save_nifti(low, out / extra[f"source_dose{sweep_dose:g}"], affine, dtype=dtype)
             files += list(names.values()) + list(extra.values())

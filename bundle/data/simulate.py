@@ -13,6 +13,17 @@ Pipeline per slice, for both members of a pair (only the photon flux differs):
 4. ``p_hat = -ln(N / I0)``, filtered back-projection (``iradon``, ramp filter by default, linear
    interpolation), back to HU.
 
+Photon starvation (``reading_i0``): a simulated bin (2.7 mm, one of 192 views on the reference
+geometry) stands for many readings of a real scanner (about 1000 views of sub-millimetre channels),
+each with its own electronic noise and its own log. By default one bin is one reading, so at the
+calibrated flux no reading ever nears the electronic noise floor and starvation never happens.
+``reading_i0`` (full-dose photons per real reading) splits each bin into ``k = round(I0 /
+reading_i0)`` readings of ``I0 / k`` photons, counts and logs each (steps 3-4) and averages the
+logs: the noise of well-lit bins is unchanged (``k`` readings of ``I0 / k`` carry the same
+information), while behind long or dense paths at low dose a reading's counts approach the
+electronic noise, the clip and the log bias ``p_hat`` low, and dark, low-frequency streaks appear
+as they do on a scanner.
+
 The target (full dose) uses ``I0``, the source ``dose * I0``: both go through the same
 projection/reconstruction round trip, so the pair differs by noise only and a model cannot learn
 the round trip itself. The target is therefore not noise-free (about 12 HU in soft tissue).
@@ -49,6 +60,7 @@ __all__ = [
     "hu_to_mu",
     "mu_to_hu",
     "noise_free_scan",
+    "readings_per_bin",
     "scan_geometry",
     "simulate_pair",
     "simulate_slice_pair",
@@ -143,13 +155,33 @@ def _line_integrals(hu_slice: np.ndarray, geometry: ScanGeometry) -> np.ndarray:
     return radon(padded, theta=geometry.theta, circle=True)
 
 
-def _noisy_line_integrals(p: np.ndarray, i0: float, rng: np.random.Generator) -> np.ndarray:
-    """Photon counting with electronic noise, then the log transform: ``p_hat = -ln(N / I0)``."""
-    expected = i0 * np.exp(-p)
+def readings_per_bin(i0_full: float, reading_i0: float | None) -> int:
+    """How many real detector readings one simulated bin stands for (1 without ``reading_i0``)."""
+    if reading_i0 is None:
+        return 1
+    if not reading_i0 > 0:
+        raise ValueError(f"photons per reading must be positive, got {reading_i0}")
+    return max(1, round(i0_full / reading_i0))
+
+
+def _noisy_line_integrals(p: np.ndarray, i0: float, rng: np.random.Generator, readings: int = 1) -> np.ndarray:
+    """Photon counting with electronic noise, then the log transform: ``p_hat = -ln(N / I0)``.
+
+    With ``readings`` k > 1 each bin is k readings of ``I0 / k`` photons, each counted, clipped
+    and logged on its own; ``p_hat`` is the mean of their logs (photon starvation).
+    """
+    if readings == 1:  # the same draws as always: datasets made without starvation stay identical
+        expected = i0 * np.exp(-p)
+        counts = rng.poisson(expected).astype(np.float64)
+        counts += rng.normal(0.0, math.sqrt(ELECTRONIC_NOISE_VAR), size=counts.shape)
+        np.maximum(counts, 1.0, out=counts)
+        return -np.log(counts / i0)
+    per_reading = i0 / readings
+    expected = np.broadcast_to((per_reading * np.exp(-p))[..., None], p.shape + (readings,))
     counts = rng.poisson(expected).astype(np.float64)
     counts += rng.normal(0.0, math.sqrt(ELECTRONIC_NOISE_VAR), size=counts.shape)
     np.maximum(counts, 1.0, out=counts)
-    return -np.log(counts / i0)
+    return -np.log(counts / per_reading).mean(axis=-1)
 
 
 def _reconstruct(p_hat: np.ndarray, geometry: ScanGeometry, filter_name: str) -> np.ndarray:
@@ -176,15 +208,20 @@ def simulate_slice_pair(
     dose: float,
     seed: np.random.SeedSequence,
     filter_name: str = "ramp",
+    readings: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(source, target) HU float32 (rows, cols) of one slice; ``seed`` is this slice's own."""
+    """(source, target) HU float32 (rows, cols) of one slice; ``seed`` is this slice's own.
+
+    ``readings``: real detector readings per simulated bin (:func:`readings_per_bin`), the same
+    for both members: one scanner, two fluxes.
+    """
     p = _line_integrals(hu_slice, geometry)
     target_seed, source_seed = seed.spawn(2)
     target = _reconstruct(
-        _noisy_line_integrals(p, i0_full, np.random.default_rng(target_seed)), geometry, filter_name
+        _noisy_line_integrals(p, i0_full, np.random.default_rng(target_seed), readings), geometry, filter_name
     )
     source = _reconstruct(
-        _noisy_line_integrals(p, dose * i0_full, np.random.default_rng(source_seed)),
+        _noisy_line_integrals(p, dose * i0_full, np.random.default_rng(source_seed), readings),
         geometry,
         filter_name,
     )
@@ -216,6 +253,7 @@ def simulate_pair(
     executor: Executor | None = None,
     angles_per_pixel: float = 1.5,
     filter_name: str = "ramp",
+    reading_i0: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Simulate a (low-dose source, full-dose target) pair from a normal-dose volume.
 
@@ -232,6 +270,9 @@ def simulate_pair(
         executor: an executor to reuse across volumes.
         angles_per_pixel: views over 180 degrees per pixel of the larger slice side.
         filter_name: FBP filter, any of ``iradon``'s (``ramp``, ``shepp-logan``, ``hann``, ...).
+        reading_i0: full-dose photons per reading of the modelled scanner: each bin becomes
+            ``round(I0 / reading_i0)`` readings, logged one by one (photon starvation at low
+            dose; see the module's notes). ``None``: one reading per bin, no starvation.
 
     Returns:
         ``(source_hu, target_hu)``, float32, the shape of ``hu_volume``.
@@ -248,10 +289,11 @@ def simulate_pair(
     i0_full = calibrated_i0(geometry) if i0 is None else float(i0)
     if not i0_full > 0:
         raise ValueError(f"I0 must be positive, got {i0_full}")
+    readings = readings_per_bin(i0_full, reading_i0)
 
     def one_slice(index: int) -> tuple[np.ndarray, np.ndarray]:
         slice_seed = np.random.SeedSequence(seed, spawn_key=(index,))
-        return simulate_slice_pair(volume[index], geometry, i0_full, dose, slice_seed, filter_name)
+        return simulate_slice_pair(volume[index], geometry, i0_full, dose, slice_seed, filter_name, readings)
 
     indices = range(volume.shape[0])
     if executor is not None:

@@ -228,3 +228,13 @@ def test_demo_rejects_a_negative_qa_volume_count(tmp_path, capsys):
 
     assert main(["demo-data", str(tmp_path / "x"), *TINY, "--qa-volumes", "-1"]) == 2
     assert "qa_volumes must be >= 0" in capsys.readouterr().err
+
+
+def test_demo_records_photon_starvation_only_when_asked(tmp_path, capsys):
+    from bundle.cli import main
+    from bundle.data.demo import demo_settings
+
+    assert "reading_i0" not in demo_settings()  # datasets made before the setting stay complete
+    assert demo_settings(reading_i0=3e4)["reading_i0"] == 3e4
+    assert main(["demo-data", str(tmp_path / "x"), *TINY, "--reading-i0", "-1"]) == 2
+    assert "reading_i0 must be positive" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bundle.data.phantom import flat_region, make_phantom, water_cylinder
-from bundle.data.simulate import calibrated_i0, scan_geometry, simulate_pair
+from bundle.data.simulate import calibrated_i0, noise_free_scan, readings_per_bin, scan_geometry, simulate_pair
 from bundle.data.volume_io import load_ct, save_nifti
 from bundle.metrics import find_flat_region, measure_noise_sigma
 
@@ -124,6 +124,44 @@ def test_default_flux_gives_clinical_noise_in_the_phantom_liver():
     assert 16.0 < measure_noise_sigma(source, liver) < 30.0
 
 
+@pytest.fixture(scope="module")
+def patient_slice():
+    phantom = make_phantom(2, shape=(2, 128, 128))
+    return phantom, noise_free_scan(phantom.hu, phantom.spacing)
+
+
+def _low_band_rms(error, body):
+    from scipy.ndimage import gaussian_filter
+
+    return float(gaussian_filter(error, (0, 8, 8))[body].std())  # below ~1/20 of Nyquist: the latent's band
+
+
+def test_one_reading_per_bin_is_the_default(patient_slice):
+    phantom, _ = patient_slice
+    i0 = calibrated_i0(scan_geometry((128, 128), phantom.spacing[1]))
+    assert readings_per_bin(i0, None) == 1 and readings_per_bin(i0, i0 / 10) == 10 and readings_per_bin(i0, 2 * i0) == 1
+    default = simulate_pair(phantom.hu, phantom.spacing, dose=0.25, seed=4)
+    one_reading = simulate_pair(phantom.hu, phantom.spacing, dose=0.25, seed=4, reading_i0=i0)
+    for a, b in zip(default, one_reading):
+        np.testing.assert_array_equal(a, b)  # datasets made before the setting stay bit-identical
+    with pytest.raises(ValueError, match="photons per reading"):
+        simulate_pair(phantom.hu, phantom.spacing, reading_i0=0.0)
+
+
+def test_photon_starvation_adds_low_frequency_error_at_low_dose_only(patient_slice):
+    phantom, clean = patient_slice
+    body = clean > -500
+    starved = simulate_pair(phantom.hu, phantom.spacing, dose=0.05, seed=0, reading_i0=3e4)
+    plain = simulate_pair(phantom.hu, phantom.spacing, dose=0.05, seed=0)
+    # at 5 % the readings behind the body's long paths near the electronic noise: streaks and a
+    # level shift, low-frequency error the plain model (0.5 HU) does not have
+    assert _low_band_rms(starved[0] - clean, body) > 4 * _low_band_rms(plain[0] - clean, body) + 1.0
+    # the full-dose member's bins are well lit: split into readings they keep their noise
+    sigma = [float((pair[1] - clean)[body].std()) for pair in (starved, plain)]
+    assert abs(sigma[0] / sigma[1] - 1) < 0.1, sigma
+    assert _low_band_rms(starved[1] - clean, body) < 1.0
+
+
 def test_measure_noise_sigma_pools_regions_with_their_own_means():
     rng = np.random.default_rng(0)
     image = np.zeros((2, 40, 40))
@@ -223,3 +261,10 @@ def test_cli_exit_code_for_missing_input(tmp_path):
     from bundle.cli import main
 
     assert main(["simulate", str(tmp_path / "nothing"), str(tmp_path / "out")]) == 1
+
+
+def test_cli_rejects_a_non_positive_reading_flux(cli_inputs, tmp_path, capsys):
+    from bundle.cli import main
+
+    assert main(["simulate", str(cli_inputs), str(tmp_path / "out"), "--reading-i0", "0"]) == 2
+    assert "--reading-i0 must be positive" in capsys.readouterr().err
