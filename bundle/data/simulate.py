@@ -21,8 +21,8 @@ calibrated flux no reading ever nears the electronic noise floor and starvation 
 reading_i0)`` readings of ``I0 / k`` photons, counts and logs each (steps 3-4) and averages the
 logs: the noise of well-lit bins is unchanged (``k`` readings of ``I0 / k`` carry the same
 information), while behind long or dense paths at low dose a reading's counts approach the
-electronic noise, the clip and the log bias ``p_hat`` low, and dark, low-frequency streaks appear
-as they do on a scanner.
+electronic noise, the log of noisy low counts (and the clip) biases ``p_hat``, and low-frequency
+shading and streaks appear as they do on a scanner (docs/quality.md, "Photon starvation").
 
 The target (full dose) uses ``I0``, the source ``dose * I0``: both go through the same
 projection/reconstruction round trip, so the pair differs by noise only and a model cannot learn
