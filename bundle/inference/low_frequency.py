@@ -19,24 +19,16 @@ exactly.
 from __future__ import annotations
 
 import torch
-from monai.networks.layers import GaussianFilter
+
+from bundle.networks.frequency import inplane_lowpass
 
 
 def keep_source_low_frequencies(output_hu: torch.Tensor, source_hu: torch.Tensor, sigma: float) -> torch.Tensor:
     """``output + G_sigma * (source - output)`` per axial slice; ``(..., S, H, W)`` HU tensors of one
-    shape; ``sigma`` in pixels (0: the output unchanged). Borders: the difference is mirrored
-    (``reflect`` padding; ``replicate`` for slices smaller than the kernel), so an edge pixel is
-    filtered like an inner one and high frequencies stay out of the low band there too."""
+    shape; ``sigma`` in pixels (0: the output unchanged). Borders are mirrored
+    (:func:`bundle.networks.frequency.inplane_lowpass`)."""
     if sigma <= 0:
         return output_hu
     if output_hu.shape != source_hu.shape:
         raise ValueError(f"output {tuple(output_hu.shape)} and source {tuple(source_hu.shape)} differ in shape.")
-    difference = (source_hu - output_hu).float()
-    h, w = difference.shape[-2:]
-    slices = difference.reshape(-1, 1, h, w)
-    radius = int(4 * sigma + 0.5)
-    mode = "reflect" if radius < min(h, w) else "replicate"
-    padded = torch.nn.functional.pad(slices, (radius, radius, radius, radius), mode=mode)
-    smooth = GaussianFilter(spatial_dims=2, sigma=float(sigma), truncated=4.0).to(slices.device)(padded)
-    smooth = smooth[..., radius : radius + h, radius : radius + w]
-    return output_hu + smooth.reshape(difference.shape).to(output_hu.dtype)
+    return output_hu + inplane_lowpass((source_hu - output_hu).float(), sigma).to(output_hu.dtype)

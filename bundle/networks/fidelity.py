@@ -39,6 +39,14 @@ what the latent cannot carry: features of the input image at every resolution. H
 - :class:`FidelityPath` holds them and hands :class:`~bundle.networks.vae.VAEDecoder` a function
   that applies the skips after each of its up stages and after its output convolution.
 
+``highpass_sigma > 0`` splits the work by frequency (a lever for the latent, docs/quality.md): the
+path sees only the source's in-plane high band ``source - G_sigma * source``
+(:func:`bundle.networks.frequency.inplane_lowpass`), and the output skip blends towards
+``G_sigma * y + (source - G_sigma * source)``, the decoder's own low band plus the source's high
+band. The source's low band (where photon-starvation shading and streaks lie) then reaches the
+output only through the latent, which the diffusion model can correct; ``sigma = 3`` splits at the
+latent grid's Nyquist frequency. 0 (the default) feeds the whole source, as before.
+
 ``fidelity_weight`` is an inference-time knob: 1 is what training used, 0 (or no source) is the
 spec decoder bit for bit (the path is not even evaluated), values in between trade the source's
 fidelity for the detail the latent model generates.
@@ -64,6 +72,7 @@ from bundle.networks.blocks import (
     checkpointed,
     zero_module,
 )
+from bundle.networks.frequency import inplane_lowpass
 
 __all__ = ["FidelityPath", "GatedSkip", "OutputSkip", "SourcePyramid"]
 
@@ -196,6 +205,8 @@ class FidelityPath(nn.Module):
             the latent's, which the diffusion model already conditions on).
         norm_num_groups, norm_eps, use_checkpoint: as the VAE's.
         start: where the output skip starts (:class:`OutputSkip`): ``"decoder"`` or ``"source"``.
+        highpass_sigma: 0 (the whole source), or the in-plane Gaussian sigma (pixels) below which
+            the source's band is withheld from the path (see the module docstring).
 
     The output skip's hidden width is ``channels[0]``; the output has ``in_channels`` channels
     (the VAE reconstructs the windows it encodes).
@@ -214,8 +225,12 @@ class FidelityPath(nn.Module):
         norm_eps: float = NORM_EPS,
         use_checkpoint: bool = False,
         start: str = "decoder",
+        highpass_sigma: float = 0.0,
     ) -> None:
         super().__init__()
+        if highpass_sigma < 0:
+            raise ValueError(f"fidelity highpass_sigma must be >= 0 pixels, got {highpass_sigma}.")
+        self.highpass_sigma = float(highpass_sigma)
         channels = [int(c) for c in channels]
         decoder_channels = [int(c) for c in decoder_channels]
         if not 1 <= len(channels) <= len(decoder_channels) - 1:
@@ -240,7 +255,10 @@ class FidelityPath(nn.Module):
     def skip(self, source: torch.Tensor, weight: float = 1.0) -> Callable[[int, torch.Tensor], torch.Tensor]:
         """The decoder hook for one source slab ``(B, in_channels, T, H, W)``: ``skip(level, h)``
         merges the source's features of ``level`` into ``h`` (levels without a skip pass ``h``
-        through); level ``-1`` is the decoder's output, merged with the source image itself."""
+        through); level ``-1`` is the decoder's output, merged with the source image itself (with
+        ``highpass_sigma``: with the decoder's low band plus the source's high band)."""
+        if self.highpass_sigma > 0:
+            source = source - inplane_lowpass(source, self.highpass_sigma)
         features = self.source_features(source)
 
         def merge(level: int, h: torch.Tensor) -> torch.Tensor:
@@ -256,6 +274,8 @@ class FidelityPath(nn.Module):
                     f"the decoder's {tuple(h.shape)} (source and latent must cover the same slab)."
                 )
             if level == -1:
+                if self.highpass_sigma > 0:
+                    return self.output_skip(h, inplane_lowpass(h.float(), self.highpass_sigma) + source, weight)
                 return self.output_skip(h, source, weight)
             return self.skips[level](h, reference, weight)
 

@@ -272,6 +272,10 @@ class VideoVAE(nn.Module):
             reconstruction) or ``"source"`` (the source itself: an untrained model returns its
             input; :class:`~bundle.networks.fidelity.OutputSkip`). Only an initialisation: a
             trained model file holds the learned gate, so this changes nothing at inference.
+        fidelity_highpass_sigma: 0 (default): the path sees the whole source. > 0: the path sees
+            only the source's in-plane band above this Gaussian (pixels), so the output's low band
+            must come from the latent (:mod:`bundle.networks.fidelity`). Recorded in ``config``
+            only when set.
 
     Shapes (defaults): ``x (B, 3, T, H, W)`` with ``H, W`` multiples of 8 -> latent
     ``(B, 4, T, H/8, W/8)`` -> reconstruction ``(B, 3, T, H, W)``.
@@ -297,6 +301,7 @@ class VideoVAE(nn.Module):
         norm_eps: float = NORM_EPS,
         fidelity_channels: Sequence[int] | None = None,
         fidelity_start: str = "decoder",
+        fidelity_highpass_sigma: float = 0.0,
     ) -> None:
         super().__init__()
         if min(in_channels, out_channels, latent_channels) <= 0:
@@ -327,8 +332,10 @@ class VideoVAE(nn.Module):
             self.config["fidelity_channels"] = [int(c) for c in fidelity_channels]
             self.fidelity = FidelityPath(
                 in_channels, self.config["channels"], fidelity_channels, norm_num_groups, norm_eps, use_checkpoint,
-                start=fidelity_start,
+                start=fidelity_start, highpass_sigma=fidelity_highpass_sigma,
             )
+            if fidelity_highpass_sigma:
+                self.config["fidelity_highpass_sigma"] = float(fidelity_highpass_sigma)
 
     @property
     def use_checkpoint(self) -> bool:

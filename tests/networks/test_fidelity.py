@@ -103,3 +103,37 @@ def test_start_from_source_returns_the_source_whatever_the_decoder(tiny_vae_kwar
     assert VideoVAE(**vae.config).state_dict().keys() == vae.state_dict().keys()
     with pytest.raises(ValueError, match="fidelity start"):
         VideoVAE(**tiny_vae_kwargs, fidelity_channels=FIDELITY, fidelity_start="target")
+
+
+def test_highpass_path_keeps_the_sources_low_band_out_of_the_output(tiny_vae_kwargs, randomize):
+    """The frequency split (``fidelity_highpass_sigma``): the output's low band is the decoder's,
+    so a slowly varying error of the source (photon-starvation shading) reaches the output only
+    through the latent; the source's high band still does, and a fresh path is exactly
+    ``G * decoder + (source - G * source)``."""
+    from bundle.networks.frequency import inplane_lowpass
+
+    torch.manual_seed(0)
+    vae = VideoVAE(**tiny_vae_kwargs, fidelity_channels=FIDELITY, fidelity_start="source",
+                   fidelity_highpass_sigma=2.0).eval()
+    randomize(vae.decoder, seed=2, std=0.5)
+    x = torch.randn(1, 3, 8, 32, 32)
+    z = torch.randn(1, 4, 8, 4, 4)
+    with torch.no_grad():
+        out = vae.decode(z, source=x)
+        expected = inplane_lowpass(vae.decode(z), 2.0) + x - inplane_lowpass(x, 2.0)
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+        # an offset of each slice (the lowest band) added to the source: gone from the output (to
+        # the float sum of the Gaussian kernel), also with trained gates; a whole-source path passes it on
+        randomize(vae.fidelity, seed=3, std=0.2)
+        offset = 0.3 * torch.randn(1, 3, 8, 1, 1)
+        moved = (vae.decode(z, source=x + offset) - vae.decode(z, source=x)).abs().mean()
+        whole = VideoVAE(**tiny_vae_kwargs, fidelity_channels=FIDELITY, fidelity_start="source").eval()
+        whole.load_state_dict(vae.state_dict())
+        whole_moved = (whole.decode(z, source=x + offset) - whole.decode(z, source=x)).abs().mean()
+    assert moved < 1e-3 * whole_moved
+    # recorded in the model file's config, rebuilt from it; negative sigma is an error
+    assert vae.config["fidelity_highpass_sigma"] == 2.0
+    assert VideoVAE(**vae.config).fidelity.highpass_sigma == 2.0
+    assert "fidelity_highpass_sigma" not in VideoVAE(**tiny_vae_kwargs, fidelity_channels=FIDELITY).config
+    with pytest.raises(ValueError, match="highpass_sigma"):
+        VideoVAE(**tiny_vae_kwargs, fidelity_channels=FIDELITY, fidelity_highpass_sigma=-1.0)
