@@ -91,3 +91,13 @@ def test_quality_recipe_trains_the_path_longer_on_the_squared_error_with_the_cla
     # both stages train the path on it; the VAE's own terms stay the demo's
     assert parser.get("vae_stage")["fidelity_loss"] == parser.get("diffusion_trainer")["fidelity_loss"] == "@fidelity_loss"
     assert loss_terms(parser.get_parsed_content("reconstruction_loss")) == {"l1": 1.0, "gradient": 1.0, "channel_weights": None}
+
+
+def test_frequency_split_is_one_override_away():
+    """`--fidelity_highpass_sigma 3` (docs/quality.md, photon starvation) reaches the VAE the
+    recipe builds and its model file's config; the default leaves the path whole."""
+    parser = parser_for("train", "demo")
+    assert parser.get_parsed_content("autoencoder_def").fidelity.highpass_sigma == 0.0
+    parser["fidelity_highpass_sigma"] = 3
+    vae = parser.get_parsed_content("autoencoder_def", instantiate=True)
+    assert vae.fidelity.highpass_sigma == 3.0 and vae.config["fidelity_highpass_sigma"] == 3.0

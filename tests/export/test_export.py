@@ -52,7 +52,8 @@ def tiny_model_file(path: Path, **output) -> Path:
     """A model file with a fidelity path whose gates are open and a U-Net whose zero output layer
     is perturbed, so every part's output depends on its inputs."""
     torch.manual_seed(0)
-    vae = VideoVAE(**VAE, fidelity_channels=[8, 16])
+    highpass = output.pop("fidelity_highpass_sigma", 0.0)  # architecture, not an output setting
+    vae = VideoVAE(**VAE, fidelity_channels=[8, 16], fidelity_highpass_sigma=highpass)
     unet = ConditionalUNet3D(model_channels=16, channel_mult=(1, 2, 2, 2), num_heads=2, norm_num_groups=4,
                              time_embed_dim=32, num_res_blocks=1)
     _perturb(unet, seed=0, std=0.05)
@@ -90,6 +91,8 @@ OUTPUTS = {
     "decoded": {},
     # every other output setting at once
     "residual_lowpass": {"fidelity_weight": 0.5, "residual": True, "source_lowpass_sigma": 2.0},
+    # the frequency-split path: its Gaussian is traced inside the decoder
+    "highpass": {"fidelity_highpass_sigma": 2.0},
 }
 
 
@@ -101,7 +104,7 @@ def exports(tmp_path_factory):
     def get(name: str) -> tuple[Path, Path]:
         if name not in made:
             root = tmp_path_factory.mktemp(name)
-            model = tiny_model_file(root / "model.pt", **OUTPUTS[name])
+            model = tiny_model_file(root / "model.pt", **dict(OUTPUTS[name]))
             export_model(model, root / "export")
             made[name] = (model, root / "export")
         return made[name]
@@ -144,6 +147,7 @@ def test_traced_parts_equal_the_eager_networks(exports):
     [
         ("decoded", SLAB, 3, 1.0),  # exactly one slab
         ("residual_lowpass", (6, 60, 50), 4, 0.5),  # padded to the slab and cropped back; SDEdit start
+        ("highpass", SLAB, 3, 1.0),
     ],
 )
 def test_runner_ddim_equals_the_enhancer(exports, output, shape, steps, strength):
