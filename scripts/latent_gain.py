@@ -6,7 +6,9 @@ stores them) is decoded from three latents:
 
 - ``ceiling``: the target's latent (what a perfect latent model would give);
 - ``no_diffusion``: the source's own latent (the U-Net skipped);
-- ``model``: one DDIM sample of the U-Net (``--steps``, ``--seed``), as ``ctv2v enhance`` runs it.
+- ``model``: one DDIM sample of the U-Net (``--steps``, ``--seed``), as ``ctv2v enhance`` runs it;
+  one row per ``--strength`` (1: from pure noise; below 1: from the source's latent noised to that
+  fraction of the schedule, SDEdit, so small strengths move ``model`` towards ``no_diffusion``).
 
 Printed per dose (the key window's PSNR against the clean truth where the datalist has it, else
 against the target): ``ceiling - no_diffusion`` (what a perfect latent would add),
@@ -36,7 +38,8 @@ def latent(enhancer, hu: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def measure(enhancer, source: torch.Tensor, target: torch.Tensor, truth: torch.Tensor, window, steps: int, seed: int):
+def measure(enhancer, source: torch.Tensor, target: torch.Tensor, truth: torch.Tensor, window, steps: int, seed: int,
+            strength: float = 1.0):
     """Key-window PSNR of ceiling / no_diffusion / model against ``truth`` and the latent distances."""
     from bundle.metrics import volume_metrics
 
@@ -44,7 +47,7 @@ def measure(enhancer, source: torch.Tensor, target: torch.Tensor, truth: torch.T
     if source.shape[-1] % f or source.shape[-2] % f:
         raise ValueError(f"in-plane size {tuple(source.shape[-2:])} is not a multiple of the VAE factor {f}.")
     z_source, z_target = latent(enhancer, source), latent(enhancer, target)
-    z_model = enhancer.sample_latent(z_source, steps, enhancer.eta, 1.0, seed)
+    z_model = enhancer.sample_latent(z_source, steps, enhancer.eta, strength, seed)
     channels = enhancer.windows.to_channels(source.unsqueeze(0))
 
     def decoded(z: torch.Tensor) -> torch.Tensor:
@@ -75,6 +78,8 @@ def main() -> None:
     args.add_argument("--dose", type=float, default=0.25, help="the dose of the datalist's 'test' list")
     args.add_argument("--steps", type=int, default=20)
     args.add_argument("--seed", type=int, default=0)
+    args.add_argument("--strength", type=float, nargs="+", default=[1.0], help="SDEdit strengths, one row each")
+    args.add_argument("--doses", type=float, nargs="+", default=None, help="only these doses (default: every list)")
     args.add_argument("--window", type=float, nargs=2, default=(-160.0, 240.0), help="the key window, HU")
     opts = args.parse_args()
     torch.set_grad_enabled(False)
@@ -86,24 +91,32 @@ def main() -> None:
     for key in json.loads(Path(opts.datalist).read_text()):
         if key.startswith("test_dose"):
             lists[float(key[len("test_dose"):])] = key
+    if opts.doses:
+        missing = sorted(set(opts.doses) - set(lists))
+        if missing:
+            raise SystemExit(f"--doses {missing}: {opts.datalist} has test lists for doses {sorted(lists)} only.")
+        lists = {dose: lists[dose] for dose in opts.doses}
     print(f"Key window {window_name(opts.window)} HU, model {opts.model}, DDIM {opts.steps} steps, seed {opts.seed}\n")
-    print("| dose | volume | PSNR vs | input | no_diffusion | model | ceiling | ceiling - no_diffusion | model - no_diffusion "
-          "| ‖z_model - z_target‖ / ‖z_source - z_target‖ | ‖z_source - z_target‖ / ‖z_target‖ |")
-    print("|" + "---|" * 11)
+    print("| dose | volume | PSNR vs | strength | input | no_diffusion | model | ceiling | ceiling - no_diffusion "
+          "| model - no_diffusion | ‖z_model - z_target‖ / ‖z_source - z_target‖ | ‖z_source - z_target‖ / ‖z_target‖ |")
+    print("|" + "---|" * 12)
     for dose in sorted(lists, reverse=True):
         for item in bundle.data.datalist.load_datalist(opts.datalist, lists[dose]):
             data = transform(item)
             truth_key = "clean" if "clean" in data else "target"
             source, target, truth = (data[k].as_tensor().float() for k in ("source", "target", truth_key))
-            with autocast(enhancer.scale_factor.device, enhancer.precision):  # as ctv2v enhance runs it
-                psnr, z_ratio, z_rel = measure(enhancer, source, target, truth, opts.window, opts.steps, opts.seed)
             name = item.get("patient", Path(str(item["source"])).name)
-            print(
-                f"| {dose:g} | {name} | {truth_key} | {psnr['input']:.2f} | {psnr['no_diffusion']:.2f} | {psnr['model']:.2f} "
-                f"| {psnr['ceiling']:.2f} | {psnr['ceiling'] - psnr['no_diffusion']:+.2f} "
-                f"| {psnr['model'] - psnr['no_diffusion']:+.2f} | {z_ratio:.3f} | {z_rel:.3f} |",
-                flush=True,
-            )
+            for strength in opts.strength:
+                with autocast(enhancer.scale_factor.device, enhancer.precision):  # as ctv2v enhance runs it
+                    psnr, z_ratio, z_rel = measure(
+                        enhancer, source, target, truth, opts.window, opts.steps, opts.seed, strength
+                    )
+                print(
+                    f"| {dose:g} | {name} | {truth_key} | {strength:g} | {psnr['input']:.2f} | {psnr['no_diffusion']:.2f} "
+                    f"| {psnr['model']:.2f} | {psnr['ceiling']:.2f} | {psnr['ceiling'] - psnr['no_diffusion']:+.2f} "
+                    f"| {psnr['model'] - psnr['no_diffusion']:+.2f} | {z_ratio:.3f} | {z_rel:.3f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
