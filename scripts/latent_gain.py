@@ -39,15 +39,15 @@ def latent(enhancer, hu: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def measure(enhancer, source: torch.Tensor, target: torch.Tensor, truth: torch.Tensor, window, steps: int, seed: int,
-            strength: float = 1.0):
-    """Key-window PSNR of ceiling / no_diffusion / model against ``truth`` and the latent distances."""
+            strengths=(1.0,)):
+    """Per strength: key-window PSNR of ceiling / no_diffusion / model against ``truth`` and the latent
+    distances (the two latents and the two fixed rows computed once for all strengths)."""
     from bundle.metrics import volume_metrics
 
     f = enhancer.vae_factor
     if source.shape[-1] % f or source.shape[-2] % f:
         raise ValueError(f"in-plane size {tuple(source.shape[-2:])} is not a multiple of the VAE factor {f}.")
     z_source, z_target = latent(enhancer, source), latent(enhancer, target)
-    z_model = enhancer.sample_latent(z_source, steps, enhancer.eta, strength, seed)
     channels = enhancer.windows.to_channels(source.unsqueeze(0))
 
     def decoded(z: torch.Tensor) -> torch.Tensor:
@@ -56,13 +56,17 @@ def measure(enhancer, source: torch.Tensor, target: torch.Tensor, truth: torch.T
             hu = source + hu - enhancer.windows.to_hu(enhancer.decode(z_source / enhancer.scale_factor, channels))[0]
         return hu
 
-    psnr = {
-        name: volume_metrics(decoded(z), truth, window)["psnr"]
-        for name, z in (("ceiling", z_target), ("no_diffusion", z_source), ("model", z_model))
-    }
-    psnr["input"] = volume_metrics(source, truth, window)["psnr"]
+    fixed = {name: volume_metrics(decoded(z), truth, window)["psnr"]
+             for name, z in (("ceiling", z_target), ("no_diffusion", z_source))}
+    fixed["input"] = volume_metrics(source, truth, window)["psnr"]
     base = float(torch.linalg.vector_norm(z_source - z_target))
-    return psnr, float(torch.linalg.vector_norm(z_model - z_target)) / base, base / float(torch.linalg.vector_norm(z_target))
+    rows = []
+    for strength in strengths:
+        z_model = enhancer.sample_latent(z_source, steps, enhancer.eta, strength, seed)
+        psnr = {**fixed, "model": volume_metrics(decoded(z_model), truth, window)["psnr"]}
+        rows.append((psnr, float(torch.linalg.vector_norm(z_model - z_target)) / base,
+                     base / float(torch.linalg.vector_norm(z_target))))
+    return rows
 
 
 def main() -> None:
@@ -106,11 +110,9 @@ def main() -> None:
             truth_key = "clean" if "clean" in data else "target"
             source, target, truth = (data[k].as_tensor().float() for k in ("source", "target", truth_key))
             name = item.get("patient", Path(str(item["source"])).name)
-            for strength in opts.strength:
-                with autocast(enhancer.scale_factor.device, enhancer.precision):  # as ctv2v enhance runs it
-                    psnr, z_ratio, z_rel = measure(
-                        enhancer, source, target, truth, opts.window, opts.steps, opts.seed, strength
-                    )
+            with autocast(enhancer.scale_factor.device, enhancer.precision):  # as ctv2v enhance runs it
+                rows = measure(enhancer, source, target, truth, opts.window, opts.steps, opts.seed, opts.strength)
+            for strength, (psnr, z_ratio, z_rel) in zip(opts.strength, rows):
                 print(
                     f"| {dose:g} | {name} | {truth_key} | {strength:g} | {psnr['input']:.2f} | {psnr['no_diffusion']:.2f} "
                     f"| {psnr['model']:.2f} | {psnr['ceiling']:.2f} | {psnr['ceiling'] - psnr['no_diffusion']:+.2f} "

@@ -275,7 +275,7 @@ class FidelityPath(nn.Module):
                 )
             if level == -1:
                 if self.highpass_sigma > 0:
-                    return self.output_skip(h, inplane_lowpass(h.float(), self.highpass_sigma) + source, weight)
+                    return self.output_skip(h, inplane_lowpass(h, self.highpass_sigma) + source, weight)
                 return self.output_skip(h, source, weight)
             return self.skips[level](h, reference, weight)
 
