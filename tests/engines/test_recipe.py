@@ -182,7 +182,8 @@ def test_validation_shows_the_supervised_cnn_row_when_trained(make_parser, tiny_
 def test_path_channel_weights_change_only_the_paths_term(make_parser, tiny_overrides):
     """configs/studies/path_hu_channel_weights.yaml weighs the path's reconstruction term alone:
     the VAE's own terms (the spec's L1) are untouched."""
-    overrides = {**tiny_overrides, "fidelity_channels": [8, 16, 16]}
+    # against the path on the VAE's own L1 + gradient (the demo's; train.yaml's own is the squared error)
+    overrides = {**tiny_overrides, "fidelity_channels": [8, 16, 16], "train_fidelity_on": "@reconstruction_loss"}
     results = []
     for studies in ((), ("path_hu_channel_weights",)):
         parser = make_parser(overrides, studies=studies)
