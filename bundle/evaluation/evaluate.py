@@ -219,7 +219,7 @@ class Evaluation:
             if physics is not None and "full_dose" in rows:
                 full = pair.repeat if pair.repeat is not None else pair.target
                 rows["full_dose"]["per_volume"][pair.patient] = self.score(full, pair.target, flat)
-                rows["full_dose"].setdefault("physics", {})[pair.patient] = physics.measure(full)
+                rows["full_dose"].setdefault("physics", {})[pair.patient] = physics.measure(full, ideal=True)
                 rows["full_dose"]["seconds"].append(0.0)
                 outputs["full dose"] = full[0].numpy()
             for method in self._bar(ready, desc=pair.patient, unit="method", leave=False):
@@ -237,7 +237,9 @@ class Evaluation:
                 rows[method.name]["per_volume"][pair.patient] = self.score(pred, pair.target, flat)
                 rows[method.name]["seconds"].append(seconds)
                 if physics is not None:
-                    rows[method.name].setdefault("physics", {})[pair.patient] = physics.measure(pred)
+                    # the input is a linear system's image: its ideal observer bounds every enhancer's
+                    rows[method.name].setdefault("physics", {})[pair.patient] = physics.measure(
+                        pred, ideal=method.name == "identity")
                     outputs[method.name] = pred[0].numpy()
                 uncertainty = result.uncertainty
                 key = rows[method.name]["per_volume"][pair.patient][window_name(self.key_window)]
@@ -331,7 +333,7 @@ class Evaluation:
                     pred = make().detach().float().cpu().reshape(pair.target.shape)
                     per_row[name]["per_volume"][pair.patient] = self.score(pred, pair.target, flat)
                     if physics is not None:
-                        per_row[name]["physics"][pair.patient] = physics.measure(pred)
+                        per_row[name]["physics"][pair.patient] = physics.measure(pred, ideal=name == "identity")
             summaries = {}
             for name, row in per_row.items():
                 volumes = list(row["per_volume"].values())
@@ -373,6 +375,9 @@ def summarise_physics(volumes: list[dict]) -> dict[str, Any]:
         present = [v[group] for v in volumes if group in v]
         if present:
             out[group] = {k: _nanmean(p.get(k) for p in present) for k in keys}
+    ideal = [v["lesion_summary"]["d_prime_ideal"] for v in volumes if "d_prime_ideal" in v.get("lesion_summary", {})]
+    if ideal:  # the input's and the full-dose scan's only (VolumePhysics.measure)
+        out["lesion_summary"]["d_prime_ideal"] = _nanmean(ideal)
     return out
 
 

@@ -15,7 +15,9 @@ texture and resolution) and then :meth:`VolumePhysics.measure` scores an output:
   the full-dose scan's;
 - ``lesions``: per lesion or low-contrast disc, the measured contrast, CNR and the
   non-prewhitening d' (measured contrast, the output's NPS and, where the volume has inserts, its
-  TTF).
+  TTF); on the input and the full-dose scan (``ideal=True``) also the prewhitening observer's
+  with the nominal contrast, ``d_prime_ideal``: the ideal observer's d' on a linear system's image,
+  which no processing of it can raise, so the input's bounds every enhancer's.
 
 Lesion and insert positions come from the ``objects`` JSON of the demo data, mapped into the
 evaluation's voxel layout through the affines (:func:`objects_in_layout`).
@@ -38,6 +40,7 @@ from bundle.metrics import (
     hu_accuracy,
     noise_power_spectrum,
     npw_detectability,
+    pw_detectability,
     square_rois,
     task_transfer_function,
     window_metrics,
@@ -122,7 +125,7 @@ class VolumePhysics:
             self.masks = class_masks(self.reference)
         self.flat = self._flat_mask()
         self.roi_size = next((n for n in ROI_SIZES if len(square_rois(self.target, self.flat, n, 1))), None)
-        self.full_dose = self._measure(self.target, full_dose=True)
+        self.full_dose = self._measure(self.target, full_dose=True, ideal=True)
 
     def _flat_mask(self) -> np.ndarray:
         """Where noise ROIs may lie. With labels: the interiors of soft-tissue organs and of the QA
@@ -197,11 +200,17 @@ class VolumePhysics:
         return core, ring
 
     # --- one output ---------------------------------------------------------------------------
-    def measure(self, output) -> dict[str, Any]:
-        """Every measure of one method's output ``(S, H, W)`` (or ``(1, S, H, W)``) HU."""
-        return self._measure(np.asarray(output, dtype=np.float64).reshape(self.target.shape), full_dose=False)
+    def measure(self, output, ideal: bool = False) -> dict[str, Any]:
+        """Every measure of one method's output ``(S, H, W)`` (or ``(1, S, H, W)``) HU.
 
-    def _measure(self, output: np.ndarray, full_dose: bool) -> dict[str, Any]:
+        ``ideal``: also the ideal observer's d' (module docstring), for images a linear system
+        made (the input, a full-dose scan): on an enhancer's output its NPS and the nominal
+        contrast describe no linear system, and the number would mean nothing.
+        """
+        return self._measure(np.asarray(output, dtype=np.float64).reshape(self.target.shape), full_dose=False,
+                             ideal=ideal)
+
+    def _measure(self, output: np.ndarray, full_dose: bool, ideal: bool = False) -> dict[str, Any]:
         result: dict[str, Any] = {}
         if self.truth.clean is not None:
             result["vs_clean"] = window_metrics(output, self.truth.clean, self.windows, self.min_tissue_fraction)
@@ -245,6 +254,9 @@ class VolumePhysics:
                      "contrast_measured": contrast, "cnr": cnr(output, core, ring)}
             if nps is not None:
                 entry["d_prime"] = npw_detectability(nps, lesion["radius_mm"], abs(contrast), ttf=mean_ttf)
+                if ideal:
+                    entry["d_prime_ideal"] = pw_detectability(nps, lesion["radius_mm"], abs(lesion["contrast_hu"]),
+                                                              ttf=mean_ttf)
             lesions.append(entry)
         if lesions:
             result["lesions"] = lesions
@@ -252,6 +264,8 @@ class VolumePhysics:
                 "cnr": float(np.mean([entry["cnr"] for entry in lesions])),
                 "d_prime": float(np.mean([entry.get("d_prime", np.nan) for entry in lesions])),
             }
+            if ideal and nps is not None:
+                result["lesion_summary"]["d_prime_ideal"] = float(np.mean([entry["d_prime_ideal"] for entry in lesions]))
         if not full_dose:
             self._relative(result)
         return result

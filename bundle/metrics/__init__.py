@@ -5,11 +5,11 @@ low-dose simulator (a bottom layer: it imports nothing else of the bundle).
 - :mod:`bundle.metrics.noise`: flat regions and the noise standard deviation in them;
 - :mod:`bundle.metrics.nps`: the noise power spectrum (noise texture);
 - :mod:`bundle.metrics.resolution`: the task transfer function from an insert's edge;
-- :mod:`bundle.metrics.detectability`: CNR and the non-prewhitening observer's d';
+- :mod:`bundle.metrics.detectability`: CNR and the non-prewhitening and prewhitening (ideal) observers' d';
 - :mod:`bundle.metrics.hu_accuracy`: bias and RMSE per tissue class.
 """
 
-from bundle.metrics.detectability import cnr, disc_spectrum, npw_detectability
+from bundle.metrics.detectability import cnr, disc_spectrum, npw_detectability, pw_detectability
 from bundle.metrics.hu_accuracy import HU_CLASSES, class_masks, hu_accuracy
 from bundle.metrics.image_quality import (
     METRIC_WINDOWS,
@@ -36,6 +36,7 @@ __all__ = [
     "hu_accuracy",
     "noise_power_spectrum",
     "npw_detectability",
+    "pw_detectability",
     "square_rois",
     "task_transfer_function",
     "PSNR_CAP",

@@ -129,6 +129,14 @@ def test_outputs_of_the_run(evaluation_run):
     assert sorted(physics["sweep"], key=float) == ["0.05", "0.1", "0.25", "0.5"]
     sigma = [physics["sweep"][d]["identity"]["noise"]["sigma"] for d in ("0.5", "0.25", "0.1", "0.05")]
     assert sigma == sorted(sigma)  # lower dose, more noise
+    # the ideal observer's d' (a bound for any enhancer of the input) on the linear systems' images only
+    ideal = {row: physics["methods"][row]["lesion_summary"].get("d_prime_ideal") for row in physics["methods"]
+             if "lesion_summary" in physics["methods"][row]}
+    assert {row for row, value in ideal.items() if value is not None} == {"identity", "full_dose"}
+    assert 0 < ideal["identity"] < ideal["full_dose"]
+    bound = [physics["sweep"][d]["identity"]["lesion_summary"]["d_prime_ideal"] for d in ("0.5", "0.25", "0.1", "0.05")]
+    assert bound == sorted(bound, reverse=True)  # lower dose, less any enhancer can recover
+    assert "ideal observer" in report
 
     from PIL import Image
 

@@ -14,6 +14,7 @@ from bundle.metrics import (
     hu_accuracy,
     noise_power_spectrum,
     npw_detectability,
+    pw_detectability,
     square_rois,
     task_transfer_function,
 )
@@ -113,6 +114,27 @@ def test_detectability_grows_with_contrast_and_falls_with_noise():
     assert d[10.0] == pytest.approx(expected, rel=0.1)
     # a blurring system lowers it
     assert npw_detectability(nps, 3.0, 10.0, ttf=lambda f: np.exp(-2 * (math.pi * 1.0 * f) ** 2)) < d[10.0]
+
+
+def test_ideal_observer_equals_npw_on_white_noise_and_leads_it_on_coloured_noise():
+    # white noise: prewhitening changes nothing, both reach the closed form C sqrt(pi R^2 / (sigma^2 dx dy))
+    white = noise_power_spectrum(white_noise(sigma=10.0, shape=(256, 32, 32)), PIXEL_MM, detrend="none")
+    expected = 10.0 * math.sqrt(math.pi * 3.0**2 / (white.variance * PIXEL_MM**2))
+    assert pw_detectability(white, 3.0, 10.0) == pytest.approx(expected, rel=0.1)
+    assert pw_detectability(white, 3.0, 10.0) == pytest.approx(npw_detectability(white, 3.0, 10.0), rel=0.05)
+    # CT-like noise (power rising with frequency, each ROI's mean removed: a zero-frequency cell):
+    # the ideal observer weighs the quiet low frequencies up, never below NPW (Cauchy-Schwarz), and
+    # stays finite; quarter dose (4x the power at every frequency) halves it, as it does NPW's
+    rng = np.random.default_rng(2)
+    noise = rng.normal(0.0, 10.0, (256, 32, 32))
+    coloured = noise - ndimage.gaussian_filter(noise, sigma=(0, 2, 2))
+    nps = noise_power_spectrum(coloured, PIXEL_MM, detrend="mean")
+    assert nps.nps[0, 0] == pytest.approx(0.0, abs=1e-9)
+    ideal, npw = pw_detectability(nps, 3.0, 10.0), npw_detectability(nps, 3.0, 10.0)
+    assert math.isfinite(ideal) and ideal > 1.2 * npw
+    quarter = noise_power_spectrum(2.0 * coloured, PIXEL_MM, detrend="mean")
+    assert pw_detectability(quarter, 3.0, 10.0) == pytest.approx(ideal / 2, rel=1e-6)
+    assert pw_detectability(nps, 3.0, 20.0) == pytest.approx(2 * ideal, rel=1e-9)
 
 
 def test_cnr_of_a_disc_in_noise():
