@@ -286,7 +286,7 @@ def physics_tables(results: dict[str, Any]) -> list[str]:
         # rows that see the target (full dose, the VAE ceiling) may pass it: they hold more than the input
         sees_target = results["methods"][name].get("uses_target") or name == "full_dose"
         if bound is not None and not sees_target and name != "identity" and lesion.get("d_prime", 0) > bound:
-            flags.append(f"d' above the input's ideal observer ({bound:.2f}): an index here, not detectability")
+            flags.append(f"d' above the ideal observer on one input slice ({bound:.2f})")
         if noise.get("sigma_rel", 1) < 0.8:  # it can win PSNR against the full-dose scan by smoothing
             flags.append(f"smoother than full dose (σ ×{noise['sigma_rel']:.2f})")
         if abs(noise.get("nps_mean_frequency_rel", 1) - 1) > 0.15:
@@ -307,10 +307,9 @@ def physics_tables(results: dict[str, Any]) -> list[str]:
     if bound is not None:
         full = rows.get("full_dose", {}).get("lesion_summary", {}).get("d_prime_ideal")
         lines += [f"The ideal observer (prewhitening, nominal contrast, the input's NPS and TTF) reaches d' {bound:.2f} on "
-                  "the input" + (f" ({full:.2f} on the full-dose scan)" if full is not None else "") + ". No processing "
-                  "of the input can raise it (the data processing inequality): no enhancer makes a lesion truly more "
-                  "detectable than that, and a row whose d' index lies above it is credited by the NPW formula for "
-                  "low noise at the measured contrast beyond what its input holds.", ""]
+                  "one input slice" + (f" ({full:.2f} on the full-dose scan)" if full is not None else "") + ". No "
+                  "processing of that slice alone can raise it; a method that pools neighbouring slices (whose noise is "
+                  "independent) can, so for 3D methods it is not a bound (the slices through a lesion would be summed).", ""]
     return lines
 
 

@@ -12,8 +12,10 @@
   a denoiser that only removes high-frequency noise helps a small disc more than a large one.
 - d'_PW: the prewhitening observer's, ``d'^2 = sum |W|^2 TTF^2 / NPS``, the ideal observer's for a
   known disc in stationary Gaussian noise. No processing of an image raises the ideal observer's
-  d' (the data processing inequality), so on the input, with the nominal contrast, it bounds the
-  detectability any enhancer of that input can reach; by Cauchy-Schwarz it is never below d'_NPW.
+  d' (the data processing inequality), so on one input slice, with the nominal contrast, it bounds
+  what processing that slice alone can reach (a 3D method also sees the neighbouring slices, whose
+  d'^2 add). Cauchy-Schwarz puts it above d'_NPW on the same frequencies (NPW here keeps the
+  zero-frequency cell, which adds a few per cent of free signal).
 """
 
 from __future__ import annotations
