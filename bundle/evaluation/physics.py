@@ -125,7 +125,7 @@ class VolumePhysics:
             self.masks = class_masks(self.reference)
         self.flat = self._flat_mask()
         self.roi_size = next((n for n in ROI_SIZES if len(square_rois(self.target, self.flat, n, 1))), None)
-        self.full_dose = self._measure(self.target, full_dose=True, ideal=True)
+        self.full_dose = self._measure(self.target, full_dose=True)
 
     def _flat_mask(self) -> np.ndarray:
         """Where noise ROIs may lie. With labels: the interiors of soft-tissue organs and of the QA
