@@ -34,7 +34,8 @@ MEASURES = (
     ("NPS mean freq / full dose", 2, lambda r: r["noise"]["nps_mean_frequency_rel"]),
     ("TTF50 / full dose", 2, lambda r: r["ttf50"]["mean_rel"]),
     ("lesion d'", 2, lambda r: r["lesion_summary"]["d_prime"]),
-    ("ideal observer's d' (input: the bound)", 2, lambda r: r["lesion_summary"]["d_prime_ideal"]),
+    ("ideal observer's d', one slice (input: the bound)", 2, lambda r: r["lesion_summary"]["d_prime_ideal"]),
+    ("ideal observer's d', 3D (input: the bound)", 2, lambda r: r["lesion_summary"]["d_prime_ideal_3d"]),
 )
 
 

@@ -375,9 +375,11 @@ def summarise_physics(volumes: list[dict]) -> dict[str, Any]:
         present = [v[group] for v in volumes if group in v]
         if present:
             out[group] = {k: _nanmean(p.get(k) for p in present) for k in keys}
-    ideal = [v["lesion_summary"]["d_prime_ideal"] for v in volumes if "d_prime_ideal" in v.get("lesion_summary", {})]
-    if ideal:  # the input's and the full-dose scan's only (VolumePhysics.measure)
-        out["lesion_summary"]["d_prime_ideal"] = _nanmean(ideal)
+    # the input's and the full-dose scan's only (VolumePhysics.measure)
+    for key in ("d_prime_ideal", "d_prime_ideal_3d"):
+        ideal = [v["lesion_summary"][key] for v in volumes if key in v.get("lesion_summary", {})]
+        if ideal:
+            out["lesion_summary"][key] = _nanmean(ideal)
     return out
 
 

@@ -16,8 +16,11 @@ texture and resolution) and then :meth:`VolumePhysics.measure` scores an output:
 - ``lesions``: per lesion or low-contrast disc, the measured contrast, CNR and the
   non-prewhitening d' (measured contrast, the output's NPS and, where the volume has inserts, its
   TTF); on the input and the full-dose scan (``ideal=True``) also the prewhitening observer's
-  with the nominal contrast, ``d_prime_ideal``: the ideal observer's d' on a linear system's image,
-  which no processing of it can raise, so the input's bounds every enhancer's.
+  with the nominal contrast: the ideal observer's d' on a linear system's image, which no
+  processing of it can raise, so the input's bounds every enhancer's. ``d_prime_ideal`` on the
+  lesion's central slice (the bound for processing one slice at a time), ``d_prime_ideal_3d``
+  over every slice the lesion crosses (the bound for any method: the simulator's slices carry
+  independent noise, so their d'^2 add).
 
 Lesion and insert positions come from the ``objects`` JSON of the demo data, mapped into the
 evaluation's voxel layout through the affines (:func:`objects_in_layout`).
@@ -57,6 +60,11 @@ LABEL_CLASSES = {
                                          "bowel", "lesion", "csf", "water")],
     "bone": [LABELS["bone"]],
 }
+# erosion and dilation within each slice (8-connected): the slices are scanned one by one
+_IN_PLANE = np.zeros((3, 3, 3), bool)
+_IN_PLANE[1] = ndimage.generate_binary_structure(2, 2)
+# what a lesion can lie in: the soft tissues but the lesion itself
+_HOSTS = [label for label in LABEL_CLASSES["soft tissue"] if label != LABELS["lesion"]]
 TTF_MIN_CONTRAST_HU = 100.0  # inserts whose edge is sharp enough against water for a TTF
 ROI_SIZES = (16, 12, 8, 6)  # NPS ROI sides tried, largest first, until one fits the flat regions
 
@@ -125,6 +133,8 @@ class VolumePhysics:
             self.masks = class_masks(self.reference)
         self.flat = self._flat_mask()
         self.roi_size = next((n for n in ROI_SIZES if len(square_rois(self.target, self.flat, n, 1))), None)
+        slice_mm = truth.slice_mm or truth.pixel_mm
+        self.lesion_rois = [self._lesion_rois({**lesion, "slice_mm": slice_mm}) for lesion in truth.lesions]
         self.full_dose = self._measure(self.target, full_dose=True)
 
     def _flat_mask(self) -> np.ndarray:
@@ -137,11 +147,9 @@ class VolumePhysics:
             return find_flat_region(self.reference)
         labels = np.rint(labels)
         soft = np.isin(labels, [LABELS[n] for n in ("liver", "spleen", "muscle", "heart", "water", "kidney")])
-        structure = np.zeros((3, 3, 3), bool)
-        structure[1] = ndimage.generate_binary_structure(2, 2)
-        flat = ndimage.binary_erosion(soft, structure=structure, iterations=2)
+        flat = ndimage.binary_erosion(soft, structure=_IN_PLANE, iterations=2)
         objects = np.isin(labels, [LABELS["lesion"], LABELS["insert"]])
-        return flat & ~ndimage.binary_dilation(objects, structure=structure, iterations=2)
+        return flat & ~ndimage.binary_dilation(objects, structure=_IN_PLANE, iterations=2)
 
     # --- noise --------------------------------------------------------------------------------
     def _noise_rois(self, output: np.ndarray, full_dose: bool) -> np.ndarray | None:
@@ -171,7 +179,8 @@ class VolumePhysics:
 
     # --- lesions ------------------------------------------------------------------------------
     def _lesion_rois(self, lesion: dict) -> tuple[np.ndarray, np.ndarray] | None:
-        """Masks of a lesion's core (70 % of its radius) and its surrounding annulus."""
+        """Masks of a lesion's core (70 % of its radius) and its surrounding annulus; with labels,
+        the core within the lesion and the annulus within its host organ."""
         s_count, rows, cols = self.target.shape
         pixel = self.truth.pixel_mm
         core = np.zeros(self.target.shape, bool)
@@ -193,11 +202,35 @@ class VolumePhysics:
             core[s] = _disc((rows, cols), (centre_r, centre_c), max(0.7 * r_px, 0.75))
             outer = r_px + 3 + max(2 * r_px, 4)
             ring[s] = _disc((rows, cols), (centre_r, centre_c), outer) & ~_disc((rows, cols), (centre_r, centre_c), r_px + 3)
-        if self.truth.labels is not None:  # no other object in the background
-            ring &= ~np.isin(np.rint(self.truth.labels), [LABELS["lesion"], LABELS["insert"]])
+        if self.truth.labels is not None:
+            labels = np.rint(self.truth.labels)
+            # the core 2 pixels from any other tissue class: the scanner's blur carries lung or fat
+            # into it at an organ's edge (not limited to the lesion's label: a disc under a pixel
+            # across may label none)
+            soft = np.isin(labels, LABEL_CLASSES["soft tissue"])
+            core &= ndimage.binary_erosion(soft, structure=_IN_PLANE, iterations=2)
+            # the background is the lesion's host organ alone (the soft tissue most of the ring lies
+            # in), 2 pixels in from its edges: a ring that reached into lung or fat near an organ's
+            # edge would measure their contrast
+            others = labels[ring & np.isin(labels, _HOSTS)]
+            if not others.size:
+                return None
+            values, counts = np.unique(others, return_counts=True)
+            host = labels == values[np.argmax(counts)]
+            ring &= ndimage.binary_erosion(host, structure=_IN_PLANE, iterations=2)
         if core.sum() < 1 or ring.sum() < 10:
             return None
         return core, ring
+
+    def _cross_sections(self, lesion: dict) -> list[float]:
+        """The lesion's radius (mm) on every slice it crosses: a sphere's circles, a QA disc's
+        (a cylinder through the volume) full radius on every slice."""
+        radius = lesion["radius_mm"]
+        if lesion.get("through_slices"):
+            return [radius] * self.target.shape[0]
+        slice_mm = self.truth.slice_mm or self.truth.pixel_mm
+        dz = np.abs(np.arange(self.target.shape[0]) - lesion["centre"][0]) * slice_mm
+        return [math.sqrt(radius**2 - d**2) for d in dz if d < radius]
 
     # --- one output ---------------------------------------------------------------------------
     def measure(self, output, ideal: bool = False) -> dict[str, Any]:
@@ -244,8 +277,7 @@ class VolumePhysics:
             mean_ttf = lambda f: np.interp(f, grid, mean_curve, right=0.0)  # noqa: E731
 
         lesions = []
-        for lesion in self.truth.lesions:
-            rois_here = self._lesion_rois({**lesion, "slice_mm": self.truth.slice_mm or self.truth.pixel_mm})
+        for lesion, rois_here in zip(self.truth.lesions, self.lesion_rois):
             if rois_here is None:
                 continue
             core, ring = rois_here
@@ -255,8 +287,10 @@ class VolumePhysics:
             if nps is not None:
                 entry["d_prime"] = npw_detectability(nps, lesion["radius_mm"], abs(contrast), ttf=mean_ttf)
                 if ideal:
-                    entry["d_prime_ideal"] = pw_detectability(nps, lesion["radius_mm"], abs(lesion["contrast_hu"]),
-                                                              ttf=mean_ttf)
+                    nominal = abs(lesion["contrast_hu"])
+                    entry["d_prime_ideal"] = pw_detectability(nps, lesion["radius_mm"], nominal, ttf=mean_ttf)
+                    entry["d_prime_ideal_3d"] = pw_detectability(nps, self._cross_sections(lesion), nominal,
+                                                                 ttf=mean_ttf)
             lesions.append(entry)
         if lesions:
             result["lesions"] = lesions
@@ -265,7 +299,8 @@ class VolumePhysics:
                 "d_prime": float(np.mean([entry.get("d_prime", np.nan) for entry in lesions])),
             }
             if ideal and nps is not None:
-                result["lesion_summary"]["d_prime_ideal"] = float(np.mean([entry["d_prime_ideal"] for entry in lesions]))
+                for key in ("d_prime_ideal", "d_prime_ideal_3d"):
+                    result["lesion_summary"][key] = float(np.mean([entry[key] for entry in lesions]))
         if not full_dose:
             self._relative(result)
         return result

@@ -12,10 +12,15 @@
   a denoiser that only removes high-frequency noise helps a small disc more than a large one.
 - d'_PW: the prewhitening observer's, ``d'^2 = sum |W|^2 TTF^2 / NPS``, the ideal observer's for a
   known disc in stationary Gaussian noise. No processing of an image raises the ideal observer's
-  d' (the data processing inequality), so on one input slice, with the nominal contrast, it bounds
-  what processing that slice alone can reach (a 3D method also sees the neighbouring slices, whose
-  d'^2 add). Cauchy-Schwarz puts it above d'_NPW on the same frequencies (NPW here keeps the
-  zero-frequency cell, which adds a few per cent of free signal).
+  d' (the data processing inequality), so with the nominal contrast the input's bounds what any
+  enhancer can make truly detectable. On one slice that bounds processing of that slice alone; a
+  3D method also sees the neighbouring slices, and where their noise is independent (the
+  simulator scans each slice on its own) the slices' d'^2 add: pass the object's cross-section
+  radius on every slice it crosses for the 3D bound.
+
+Both observers are summed over the same frequencies: those where noise was measured. Removing each
+ROI's mean empties the zero-frequency cell, which would make d'_PW infinite and hand d'_NPW free
+signal; without it Cauchy-Schwarz keeps d'_PW >= d'_NPW.
 """
 
 from __future__ import annotations
@@ -56,28 +61,47 @@ def _signal_power(nps: NoisePowerSpectrum, radius_mm: float, contrast_hu: float,
     return w2, abs(nps.fy[1] - nps.fy[0]) * abs(nps.fx[1] - nps.fx[0])
 
 
+def _measured(nps: NoisePowerSpectrum) -> np.ndarray:
+    """The frequency cells that hold noise power (module docstring): all but the emptied zero
+    frequency, and any cell a non-finite spectrum left undefined."""
+    power = np.asarray(nps.nps, dtype=np.float64)
+    finite = np.isfinite(power)
+    if not finite.any():
+        return finite
+    return finite & (power > 1e-12 * max(float(power[finite].max()), 1e-300))
+
+
 def npw_detectability(nps: NoisePowerSpectrum, radius_mm: float, contrast_hu: float, ttf=None) -> float:
-    """d'_NPW of a disc (module docstring) on ``nps``'s 2D frequency grid.
+    """d'_NPW of a disc (module docstring) on ``nps``'s 2D frequency grid; NaN without a measured
+    frequency.
 
     ``ttf``: a callable ``ttf(frequency_mm)`` (e.g. ``np.interp`` over a measured TTF) or None for
     an ideal system (TTF = 1).
     """
+    measured = _measured(nps)
+    if not measured.any():
+        return float("nan")
     w2, cell = _signal_power(nps, radius_mm, contrast_hu, ttf)
-    signal = w2.sum() * cell
-    noise = (w2 * nps.nps).sum() * cell
+    signal = w2[measured].sum() * cell
+    noise = (w2[measured] * np.asarray(nps.nps, dtype=np.float64)[measured]).sum() * cell
     return float(signal / np.sqrt(noise)) if noise > 0 else float("inf")
 
 
-def pw_detectability(nps: NoisePowerSpectrum, radius_mm: float, contrast_hu: float, ttf=None) -> float:
-    """d'_PW of a disc (module docstring) on ``nps``'s 2D frequency grid; ``ttf`` as for
-    :func:`npw_detectability` (None: TTF = 1, which can only raise the bound).
+def pw_detectability(nps: NoisePowerSpectrum, radius_mm, contrast_hu: float, ttf=None) -> float:
+    """d'_PW of a disc (module docstring) on ``nps``'s 2D frequency grid; NaN without a measured
+    frequency. ``ttf`` as for :func:`npw_detectability` (None: TTF = 1, which can only raise it).
 
-    Frequencies without noise power are left out: the zero-frequency cell, which removing each
-    ROI's mean empties, would otherwise make it infinite. That cell holds one of the grid's
-    ``Ny * Nx`` frequencies, so the bound is the detectability over the rest of the spectrum (what
-    the cell could add is measured in docs/quality.md: 5-16 % on the demo's patient phantom).
+    ``radius_mm``: the disc's radius on one slice, or a sequence of an object's cross-section radii
+    on the slices it crosses, whose noise is independent with this NPS: the slices' d'^2 add (the
+    3D ideal observer). The zero-frequency cell is left out; what it could add is measured in
+    docs/quality.md (5-16 % on the demo's patient phantom).
     """
-    w2, cell = _signal_power(nps, radius_mm, contrast_hu, ttf)
-    power = np.asarray(nps.nps, dtype=np.float64)
-    measured = power > 1e-12 * max(float(power.max()), 1e-300)
-    return float(np.sqrt((w2[measured] / power[measured]).sum() * cell))
+    measured = _measured(nps)
+    if not measured.any():
+        return float("nan")
+    power = np.asarray(nps.nps, dtype=np.float64)[measured]
+    total = 0.0
+    for radius in np.atleast_1d(np.asarray(radius_mm, dtype=np.float64)):
+        w2, cell = _signal_power(nps, float(radius), contrast_hu, ttf)
+        total += (w2[measured] / power).sum() * cell
+    return float(np.sqrt(total))
