@@ -135,6 +135,7 @@ class NonLocalMeans(TunedFilter):
     """
 
     name = "nlm"
+    per_slice = True
 
     def __init__(
         self,
@@ -182,6 +183,7 @@ class BM3DFilter(TunedFilter):
     """
 
     name = "bm3d"
+    per_slice = True
     RANGE = (-1024.0, 3072.0)
 
     def __init__(self, sigma_factors=(0.5, 0.75, 1.0, 1.5), sigma_factor: float = 1.0) -> None:

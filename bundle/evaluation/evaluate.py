@@ -186,6 +186,7 @@ class Evaluation:
                 "status": "ok" if status is None else status,
                 "kind": type(method).__name__,
                 "uses_target": method.uses_target,
+                "per_slice": bool(method.per_slice),
                 "per_volume": {},
                 "seconds": [],
             }

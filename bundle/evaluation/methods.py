@@ -53,11 +53,14 @@ class Method:
     """A row of the report. Subclasses set ``name`` and implement :meth:`enhance`.
 
     ``uses_target``: the method is an oracle that sees the target (the VAE ceiling); the
-    evaluation passes the target only to such methods.
+    evaluation passes the target only to such methods. ``per_slice``: it enhances each axial
+    slice on its own, so the ideal observer on one input slice bounds its lesion d' (else the
+    bound over every slice a lesion crosses).
     """
 
     name = "method"
     uses_target = False
+    per_slice = False
 
     @property
     def status(self) -> str | None:

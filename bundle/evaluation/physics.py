@@ -28,6 +28,7 @@ evaluation's voxel layout through the affines (:func:`objects_in_layout`).
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,8 @@ from bundle.metrics import (
     task_transfer_function,
     window_metrics,
 )
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["LABEL_CLASSES", "Truth", "VolumePhysics", "objects_in_layout"]
 
@@ -131,10 +134,18 @@ class VolumePhysics:
             self.masks = class_masks(self.reference, np.rint(truth.labels).astype(np.int64), LABEL_CLASSES)
         else:
             self.masks = class_masks(self.reference)
+        self._labels = None if truth.labels is None else np.rint(truth.labels)
         self.flat = self._flat_mask()
         self.roi_size = next((n for n in ROI_SIZES if len(square_rois(self.target, self.flat, n, 1))), None)
-        slice_mm = truth.slice_mm or truth.pixel_mm
-        self.lesion_rois = [self._lesion_rois({**lesion, "slice_mm": slice_mm}) for lesion in truth.lesions]
+        self.slice_mm = truth.slice_mm or truth.pixel_mm
+        if self._labels is not None:
+            soft = np.isin(self._labels, LABEL_CLASSES["soft tissue"])
+            self._soft_interior = ndimage.binary_erosion(soft, structure=_IN_PLANE, iterations=2)
+        self.lesion_rois = [self._lesion_rois(lesion) for lesion in truth.lesions]
+        for lesion, rois in zip(truth.lesions, self.lesion_rois):
+            if rois is None:
+                logger.warning("lesion at %s (radius %.1f mm) left out of d': no core or background ROI",
+                               lesion["centre"], lesion["radius_mm"])
         self.full_dose = self._measure(self.target, full_dose=True)
 
     def _flat_mask(self) -> np.ndarray:
@@ -142,10 +153,9 @@ class VolumePhysics:
         water (2 pixels in from every edge, lesions and inserts kept out): with the clean truth
         subtracted, anatomy there is not mistaken for noise. Without: flat soft tissue found in
         the reference."""
-        labels = self.truth.labels
+        labels = self._labels
         if labels is None:
             return find_flat_region(self.reference)
-        labels = np.rint(labels)
         soft = np.isin(labels, [LABELS[n] for n in ("liver", "spleen", "muscle", "heart", "water", "kidney")])
         flat = ndimage.binary_erosion(soft, structure=_IN_PLANE, iterations=2)
         objects = np.isin(labels, [LABELS["lesion"], LABELS["insert"]])
@@ -178,59 +188,56 @@ class VolumePhysics:
         return results
 
     # --- lesions ------------------------------------------------------------------------------
+    def _cross_sections(self, lesion: dict) -> np.ndarray:
+        """The lesion's radius (mm) on every slice, 0 where it does not cross: a sphere's circles
+        (the phantom paints ``distance < radius`` at slice centres), a QA disc's (a cylinder
+        through the volume) full radius on every slice."""
+        radius, count = lesion["radius_mm"], self.target.shape[0]
+        if lesion.get("through_slices"):
+            return np.full(count, float(radius))
+        dz = np.abs(np.arange(count) - lesion["centre"][0]) * self.slice_mm
+        return np.sqrt(np.clip(radius**2 - dz**2, 0.0, None))
+
     def _lesion_rois(self, lesion: dict) -> tuple[np.ndarray, np.ndarray] | None:
-        """Masks of a lesion's core (70 % of its radius) and its surrounding annulus; with labels,
-        the core within the lesion and the annulus within its host organ."""
+        """Masks of a lesion's core (70 % of its radius, on the slices within 70 % of its radius
+        of its centre) and its surrounding annulus; with labels, the core 2 pixels from any other
+        tissue class and the annulus in the lesion's host organ, 2 pixels in from its edges."""
         s_count, rows, cols = self.target.shape
         pixel = self.truth.pixel_mm
         core = np.zeros(self.target.shape, bool)
         ring = np.zeros(self.target.shape, bool)
-        centre_s, centre_r, centre_c = lesion["centre"]
+        near = np.zeros(self.target.shape, bool)  # the lesion's rim, 2 pixels wide: where its host is
+        _, centre_r, centre_c = lesion["centre"]
         radius = lesion["radius_mm"]
-        slice_mm = float(lesion.get("slice_mm", pixel))
-        for s in range(s_count):
-            if lesion.get("through_slices"):
-                if s < 2 or s >= s_count - 2:
-                    continue
-                r_here = radius
-            else:
-                dz = abs(s - centre_s) * slice_mm
-                if dz >= 0.7 * radius:
-                    continue
-                r_here = math.sqrt(radius**2 - dz**2)
+        for s, r_here in enumerate(self._cross_sections(lesion)):
+            if lesion.get("through_slices") and (s < 2 or s >= s_count - 2):
+                continue
+            if r_here < math.sqrt(1 - 0.7**2) * radius:  # |dz| >= 0.7 R
+                continue
             r_px = r_here / pixel
+            disc = _disc((rows, cols), (centre_r, centre_c), r_px)
             core[s] = _disc((rows, cols), (centre_r, centre_c), max(0.7 * r_px, 0.75))
+            near[s] = _disc((rows, cols), (centre_r, centre_c), r_px + 2) & ~disc
             outer = r_px + 3 + max(2 * r_px, 4)
             ring[s] = _disc((rows, cols), (centre_r, centre_c), outer) & ~_disc((rows, cols), (centre_r, centre_c), r_px + 3)
-        if self.truth.labels is not None:
-            labels = np.rint(self.truth.labels)
-            # the core 2 pixels from any other tissue class: the scanner's blur carries lung or fat
-            # into it at an organ's edge (not limited to the lesion's label: a disc under a pixel
-            # across may label none)
-            soft = np.isin(labels, LABEL_CLASSES["soft tissue"])
-            core &= ndimage.binary_erosion(soft, structure=_IN_PLANE, iterations=2)
-            # the background is the lesion's host organ alone (the soft tissue most of the ring lies
-            # in), 2 pixels in from its edges: a ring that reached into lung or fat near an organ's
-            # edge would measure their contrast
-            others = labels[ring & np.isin(labels, _HOSTS)]
-            if not others.size:
+        if self._labels is not None:
+            # the scanner's blur carries lung or fat into a core at an organ's edge (not limited to
+            # the lesion's label: a disc under a pixel across may label none)
+            core &= self._soft_interior
+            crossed = core.any(axis=(1, 2))
+            ring[~crossed], near[~crossed] = False, False
+            # the host: the soft tissue the lesion's rim lies in most (a ring's majority can be a
+            # larger neighbouring organ); the ring in it alone, else lung or fat near an organ's
+            # edge would be measured as contrast
+            around = self._labels[near & np.isin(self._labels, _HOSTS)]
+            if not around.size:
                 return None
-            values, counts = np.unique(others, return_counts=True)
-            host = labels == values[np.argmax(counts)]
+            values, counts = np.unique(around, return_counts=True)
+            host = self._labels == values[np.argmax(counts)]
             ring &= ndimage.binary_erosion(host, structure=_IN_PLANE, iterations=2)
         if core.sum() < 1 or ring.sum() < 10:
             return None
         return core, ring
-
-    def _cross_sections(self, lesion: dict) -> list[float]:
-        """The lesion's radius (mm) on every slice it crosses: a sphere's circles, a QA disc's
-        (a cylinder through the volume) full radius on every slice."""
-        radius = lesion["radius_mm"]
-        if lesion.get("through_slices"):
-            return [radius] * self.target.shape[0]
-        slice_mm = self.truth.slice_mm or self.truth.pixel_mm
-        dz = np.abs(np.arange(self.target.shape[0]) - lesion["centre"][0]) * slice_mm
-        return [math.sqrt(radius**2 - d**2) for d in dz if d < radius]
 
     # --- one output ---------------------------------------------------------------------------
     def measure(self, output, ideal: bool = False) -> dict[str, Any]:
@@ -289,8 +296,8 @@ class VolumePhysics:
                 if ideal:
                     nominal = abs(lesion["contrast_hu"])
                     entry["d_prime_ideal"] = pw_detectability(nps, lesion["radius_mm"], nominal, ttf=mean_ttf)
-                    entry["d_prime_ideal_3d"] = pw_detectability(nps, self._cross_sections(lesion), nominal,
-                                                                 ttf=mean_ttf)
+                    radii = self._cross_sections(lesion)
+                    entry["d_prime_ideal_3d"] = pw_detectability(nps, radii[radii > 0], nominal, ttf=mean_ttf)
             lesions.append(entry)
         if lesions:
             result["lesions"] = lesions

@@ -247,6 +247,11 @@ class RedCNNMethod(Method):
             )
         return None
 
+    @property
+    def per_slice(self) -> bool:
+        """Whether the network's kernels span one slice (the 2D variant)."""
+        return self.status is None and self._load().network.config["kernel_size"][0] == 1
+
     def settings(self) -> dict[str, Any]:
         if self._enhancer is None and self.status is None:
             self._load()

@@ -84,7 +84,7 @@ def npw_detectability(nps: NoisePowerSpectrum, radius_mm: float, contrast_hu: fl
     w2, cell = _signal_power(nps, radius_mm, contrast_hu, ttf)
     signal = w2[measured].sum() * cell
     noise = (w2[measured] * np.asarray(nps.nps, dtype=np.float64)[measured]).sum() * cell
-    return float(signal / np.sqrt(noise)) if noise > 0 else float("inf")
+    return float(signal / np.sqrt(noise)) if noise > 0 else 0.0  # no signal where noise was measured
 
 
 def pw_detectability(nps: NoisePowerSpectrum, radius_mm, contrast_hu: float, ttf=None) -> float:

@@ -1,4 +1,5 @@
-"""VolumePhysics on a synthetic volume with a known answer: a lesion at an organ's edge."""
+"""VolumePhysics on synthetic volumes with a known answer: lesions at an organ's edge and beside a
+larger organ, the ideal observer over the slices a lesion crosses."""
 
 from __future__ import annotations
 
@@ -13,36 +14,59 @@ from bundle.evaluation.physics import Truth, VolumePhysics
 from bundle.metrics import noise_power_spectrum, pw_detectability
 
 PIXEL_MM, SLICE_MM = 1.0, 2.0
-LESION = {"centre": (6, 32, 27), "radius_mm": 6.0, "contrast_hu": -15.0}
+SHAPE = (12, 64, 64)
+
+
+def scan(labels, organ_hu, lesion, seed=0):
+    """Paint ``organ_hu`` per label and a lesion sphere (``sphere & organ`` as the phantom does),
+    blur like a scanner; returns (physics measured on a noisy full-dose scan, clean, noisy input)."""
+    labels = labels.copy()
+    hu = np.zeros(SHAPE)
+    for label, value in organ_hu.items():
+        hu[labels == label] = value
+    z, y, x = np.meshgrid(*(np.arange(n) * mm for n, mm in zip(SHAPE, (SLICE_MM, PIXEL_MM, PIXEL_MM))), indexing="ij")
+    centre = np.multiply(lesion["centre"], (SLICE_MM, PIXEL_MM, PIXEL_MM))
+    dz = 0.0 if lesion.get("through_slices") else z - centre[0]  # a QA disc: a cylinder through the volume
+    sphere = np.sqrt(dz**2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2) < lesion["radius_mm"]
+    sphere &= labels == lesion["host"]
+    hu[sphere] += lesion["contrast_hu"]
+    labels[sphere] = LABELS["lesion"]
+    clean = ndimage.gaussian_filter(hu, (0.0, 0.6, 0.6))
+    rng = np.random.default_rng(seed)
+    truth = Truth(pixel_mm=PIXEL_MM, slice_mm=SLICE_MM, clean=clean, labels=labels, lesions=[lesion])
+    physics = VolumePhysics(clean + rng.normal(0.0, 10.0, SHAPE), truth, windows=[[-160, 240]])
+    return physics, clean, clean + rng.normal(0.0, 20.0, SHAPE)
+
+
+# a hypodense liver lesion 3 pixels from the lung, centred on slice 1: it crosses slices 0-3 only
+EDGE_LESION = {"centre": (1, 32, 27), "radius_mm": 6.0, "contrast_hu": -15.0, "host": LABELS["liver"]}
 
 
 @pytest.fixture(scope="module")
 def edge_case():
-    """Lung (-800 HU) left of column 24, liver (60 HU) right of it, a hypodense lesion in the liver
-    3 pixels from the edge; blurred like a scanner, then white noise."""
-    shape = (12, 64, 64)
-    labels = np.full(shape, LABELS["liver"], np.uint8)
+    labels = np.full(SHAPE, LABELS["liver"], np.uint8)
     labels[:, :, :24] = LABELS["lung"]
-    hu = np.where(labels == LABELS["liver"], 60.0, -800.0)
-    z, y, x = np.meshgrid(*(np.arange(n) * mm for n, mm in zip(shape, (SLICE_MM, PIXEL_MM, PIXEL_MM))), indexing="ij")
-    centre = np.multiply(LESION["centre"], (SLICE_MM, PIXEL_MM, PIXEL_MM))
-    sphere = (np.sqrt((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2) < LESION["radius_mm"])
-    sphere &= labels == LABELS["liver"]
-    hu[sphere] += LESION["contrast_hu"]
-    labels[sphere] = LABELS["lesion"]
-    clean = ndimage.gaussian_filter(hu, (0.0, 0.6, 0.6))
-    noisy = clean + np.random.default_rng(0).normal(0.0, 20.0, shape)
-    truth = Truth(pixel_mm=PIXEL_MM, slice_mm=SLICE_MM, clean=clean, labels=labels, lesions=[LESION])
-    return VolumePhysics(clean + np.random.default_rng(1).normal(0.0, 10.0, shape), truth, windows=[[-160, 240]]), clean, noisy
+    return scan(labels, {LABELS["liver"]: 60.0, LABELS["lung"]: -800.0}, EDGE_LESION)
 
 
 def test_lesion_contrast_is_measured_against_its_own_organ(edge_case):
     physics, clean, _ = edge_case
     core, ring = physics.lesion_rois[0]
     # the lesion's annulus crosses the lung, which would read as +800 HU of contrast
-    assert np.rint(physics.truth.labels)[ring].max() == LABELS["liver"]
+    assert (np.rint(physics.truth.labels)[ring] == LABELS["liver"]).all()
     measured = physics.measure(clean)["lesions"][0]["contrast_measured"]
-    assert measured == pytest.approx(LESION["contrast_hu"], abs=2.0)
+    assert measured == pytest.approx(EDGE_LESION["contrast_hu"], abs=2.0)
+
+
+def test_host_is_the_organ_around_the_lesion_not_the_larger_neighbour():
+    # a spleen strip 14 pixels wide in the liver; the lesion's ring lies mostly in liver (15 HU apart)
+    labels = np.full(SHAPE, LABELS["liver"], np.uint8)
+    labels[:, :, 25:39] = LABELS["spleen"]
+    lesion = {"centre": (6, 32, 32), "radius_mm": 4.0, "contrast_hu": 10.0, "host": LABELS["spleen"]}
+    physics, clean, _ = scan(labels, {LABELS["liver"]: 60.0, LABELS["spleen"]: 45.0}, lesion)
+    _, ring = physics.lesion_rois[0]
+    assert (np.rint(physics.truth.labels)[ring] == LABELS["spleen"]).all()
+    assert physics.measure(clean)["lesions"][0]["contrast_measured"] == pytest.approx(10.0, abs=2.0)
 
 
 def test_ideal_observer_sums_the_slices_a_lesion_crosses(edge_case):
@@ -51,11 +75,22 @@ def test_ideal_observer_sums_the_slices_a_lesion_crosses(edge_case):
     # white noise: prewhitening changes nothing, the two observers agree at the same contrast
     npw_at_nominal = entry["d_prime"] * 15.0 / abs(entry["contrast_measured"])
     assert npw_at_nominal == pytest.approx(entry["d_prime_ideal"], rel=0.1)
-    assert entry["d_prime_ideal"] < entry["d_prime_ideal_3d"]
-    # a 6 mm sphere on 2 mm slices crosses 5 of them (dz = 0, +-2, +-4 mm)
-    radii = [math.sqrt(6.0**2 - dz**2) for dz in (-4.0, -2.0, 0.0, 2.0, 4.0)]
+    # a 6 mm sphere on 2 mm slices centred on slice 1: dz = 2, 0, 2, 4 mm on slices 0-3, the rest
+    # (slice -1) outside the volume
+    radii = [math.sqrt(6.0**2 - dz**2) for dz in (2.0, 0.0, 2.0, 4.0)]
     nps = noise_power_spectrum(physics._noise_rois(noisy, full_dose=False), PIXEL_MM, detrend="none")
     assert entry["d_prime_ideal_3d"] == pytest.approx(pw_detectability(nps, radii, 15.0), rel=1e-9)
-    assert entry["d_prime_ideal_3d"] < math.sqrt(5) * entry["d_prime_ideal"]
+    assert entry["d_prime_ideal"] == pytest.approx(pw_detectability(nps, 6.0, 15.0), rel=1e-9)
     # an enhancer's output gets no ideal-observer value (its NPS describes no linear system)
     assert "d_prime_ideal" not in physics.measure(noisy)["lesions"][0]
+
+
+def test_a_qa_disc_runs_through_every_slice():
+    labels = np.full(SHAPE, LABELS["water"], np.uint8)
+    disc = {"centre": (6, 32, 32), "radius_mm": 4.0, "contrast_hu": 10.0, "host": LABELS["water"],
+            "through_slices": True}
+    physics, _, noisy = scan(labels, {LABELS["water"]: 0.0}, disc)
+    entry = physics.measure(noisy, ideal=True)["lesions"][0]
+    # the same disc on all 12 slices with independent noise: sqrt(12) times one slice's
+    assert entry["d_prime_ideal"] > 1.0
+    assert entry["d_prime_ideal_3d"] == pytest.approx(math.sqrt(12) * entry["d_prime_ideal"], rel=1e-9)

@@ -146,6 +146,11 @@ def test_ideal_observer_adds_independent_slices_and_is_nan_without_measured_nois
     # a sphere's smaller circles add less than its equator repeated
     sphere = [math.sqrt(3.0**2 - dz**2) for dz in (-2.0, 0.0, 2.0)]
     assert one < pw_detectability(nps, sphere, 10.0) < math.sqrt(3) * one
+    # both observers leave out the emptied zero frequency: on a flat spectrum they then agree exactly
+    flat = np.full_like(nps.nps, 4.0)
+    flat[0, 0] = 0.0
+    flat_nps = dataclasses.replace(nps, nps=flat)
+    assert npw_detectability(flat_nps, 3.0, 10.0) == pytest.approx(pw_detectability(flat_nps, 3.0, 10.0), rel=1e-9)
     # no frequency with noise power measured: nothing to say, not infinity
     for empty in (np.zeros_like(nps.nps), np.full_like(nps.nps, np.nan)):
         silent = dataclasses.replace(nps, nps=empty)
