@@ -81,7 +81,7 @@ train_arm() {  # train_arm ARM SEED: one background training run
         long) args=(--vae_epochs "$LONG_VAE_EPOCHS") ;;
         anchor)
             args=(--dataset_dir data/demo --vae_epochs 16
-                  --fidelity_loss#l1 1 --fidelity_loss#mse 0 --fidelity_loss#class_bias 0) ;;
+                  --fidelity_loss#l1 1 --fidelity_loss#mse 0 --fidelity_loss#class_bias 0 --fidelity_loss#gradient 1) ;;
         redcnn|redcnn_demo)
             if [[ $arm == redcnn ]]; then
                 args=(--dataset_dir "$REDCNN_DATASET" --redcnn_epochs "$REDCNN_EPOCHS")
