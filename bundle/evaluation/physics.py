@@ -130,11 +130,11 @@ class VolumePhysics:
         self.windows = windows
         self.min_tissue_fraction = min_tissue_fraction
         self.reference = truth.clean if truth.clean is not None else self.target
-        if truth.labels is not None:
-            self.masks = class_masks(self.reference, np.rint(truth.labels).astype(np.int64), LABEL_CLASSES)
+        self._labels = None if truth.labels is None else np.rint(truth.labels)
+        if self._labels is not None:
+            self.masks = class_masks(self.reference, self._labels.astype(np.int64), LABEL_CLASSES)
         else:
             self.masks = class_masks(self.reference)
-        self._labels = None if truth.labels is None else np.rint(truth.labels)
         self.flat = self._flat_mask()
         self.roi_size = next((n for n in ROI_SIZES if len(square_rois(self.target, self.flat, n, 1))), None)
         self.slice_mm = truth.slice_mm or truth.pixel_mm
