@@ -1,10 +1,11 @@
-"""Mean and spread over training seeds of the learned rows, on the TEST split (report, not selection).
+"""Mean and spread over training seeds of the learned rows, on one split of a datalist.
 
 One training seed can move a learned row by tenths of a dB, so a single run cannot rank methods
 that close. This scores every given model file (one per seed) through the evaluation's own
 protocol (``configs/evaluate.yaml``: clean truth, HU per class and insert, noise texture, TTF,
 lesion d') beside the input, and prints each measure's mean and standard deviation per method.
-Settings must already be chosen on the validation split; nothing is tuned here. Run from the
+Nothing is tuned here. Choose settings with ``--split validation``, then report them once on
+``--split test`` (the default) or a dose of the sweep (``--split test_dose0.1``). Run from the
 bundle root, e.g. on the demo data:
 
     python scripts/seed_spread.py --output runs/seed_spread \\
@@ -52,6 +53,20 @@ def rows_config(redcnn: list[str], redcnn_2d: list[str], models: list[str], step
     return baselines, diffusion
 
 
+def split_overrides(split: str) -> dict:
+    """Config overrides that score the datalist's list ``split`` in place of its ``test`` list;
+    a ``test_dose<d>`` list is scored at its own dose."""
+    if split != "validation" and split != "test" and not split.startswith("test_dose"):
+        raise ValueError(f"--split = {split!r}: 'test', 'validation' or 'test_dose<d>' (a list of the datalist)")
+    overrides = {"test_dataset#data": f"$bundle.data.datalist.load_datalist(@datalist, {split!r})"}
+    if split.startswith("test_dose"):
+        try:
+            overrides["dose"] = float(split[len("test_dose"):])
+        except ValueError:
+            raise ValueError(f"--split = {split!r}: the dose after 'test_dose' is not a number, e.g. test_dose0.1") from None
+    return overrides
+
+
 def summarise(physics: dict) -> str:
     """``seed_spread.md``: per method kind, each measure's mean and std over its seeds."""
     rows = physics["methods"]
@@ -83,6 +98,8 @@ def main() -> None:
     args.add_argument("--model", nargs="*", default=[], help="diffusion model files, one per seed")
     args.add_argument("--steps", type=int, default=20, help="DDIM steps of the model rows")
     args.add_argument("--datalist", default="data/demo/datalist.json")
+    args.add_argument("--split", default="test",
+                      help="the datalist's list to score: test (report), validation (choose) or test_dose<d>")
     args.add_argument("--config", nargs="*", default=["configs/demo.yaml"], help="overrides of configs/evaluate.yaml")
     args.add_argument("--output", default="runs/seed_spread")
     opts = args.parse_args()
@@ -92,11 +109,17 @@ def main() -> None:
         if not Path(path).is_file():
             args.error(f"no such model file: {path}")
 
+    try:
+        overrides = split_overrides(opts.split)
+    except ValueError as error:
+        args.error(str(error))
+
     baselines, diffusion = rows_config(opts.redcnn, opts.redcnn_2d, opts.model, opts.steps)
     parser = ConfigParser()
     parser.read_config(["configs/evaluate.yaml", *opts.config])
     parser.update({"datalist": opts.datalist, "output_dir": opts.output, "sweep_doses": [], "baselines": baselines,
-                   "diffusion_rows": diffusion, "command": "python scripts/seed_spread.py (see seed_spread.md)"})
+                   "diffusion_rows": diffusion, "command": "python scripts/seed_spread.py (see seed_spread.md)",
+                   **overrides})
     parser.get_parsed_content("evaluate")
     table = summarise(json.loads((Path(opts.output) / "physics.json").read_text()))
     (Path(opts.output) / "seed_spread.md").write_text(table)
