@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "learning_curves.py"
 
 LOG = """\
 2026-12-04 10:00:00,000 - INFO - Setting logging properties based on config: configs/logging.conf.
@@ -21,11 +16,8 @@ LOG = """\
 
 
 @pytest.fixture(scope="module")
-def curves():
-    spec = importlib.util.spec_from_file_location("learning_curves", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def curves(load_script):
+    return load_script("learning_curves")
 
 
 def test_validation_rows_and_path_loss_per_epoch_against_minutes(curves, tmp_path):

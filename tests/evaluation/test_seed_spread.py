@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "scripts" / "seed_spread.py"
 
 
 @pytest.fixture(scope="module")
-def seed_spread():
-    spec = importlib.util.spec_from_file_location("seed_spread", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def seed_spread(load_script):
+    return load_script("seed_spread")
 
 
 def _scored_patients(datalist: Path, overrides: dict) -> list[str]:

@@ -10,7 +10,6 @@ which the HU decoding amplifies at rare voxels (docs/export.md).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -60,13 +59,6 @@ def tiny_model_file(path: Path, **output) -> Path:
     _perturb(vae.fidelity, seed=1, std=0.1)
     CTEnhancer(vae, unet, scale_factor=0.7, **TILES, **output).save(path)
     return path
-
-
-def load_runner():
-    spec = importlib.util.spec_from_file_location("run_exported", RUNNER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def ct_volume(shape, seed=0) -> np.ndarray:
@@ -150,9 +142,9 @@ def test_traced_parts_equal_the_eager_networks(exports):
         ("highpass", SLAB, 3, 1.0),
     ],
 )
-def test_runner_ddim_equals_the_enhancer(exports, output, shape, steps, strength):
+def test_runner_ddim_equals_the_enhancer(exports, output, shape, steps, strength, load_script):
     model, folder = exports(output)
-    runner = load_runner()
+    runner = load_script("run_exported")
     volume = ct_volume(shape)
     reference = enhancer_hu(model, volume, steps, seed=5, strength=strength)
     exported = runner.enhance(runner.ExportedModel(folder), volume, steps=steps, seed=5, strength=strength)
@@ -196,7 +188,7 @@ def test_cli_export_writes_the_files_and_the_runner_needs_no_bundle(tmp_path, ca
 
 # --- (d) ONNX, when its optional packages are installed ----------------------------------------------
 @pytest.mark.slow
-def test_onnx_parts_and_runner_match_eager(exports, tmp_path):
+def test_onnx_parts_and_runner_match_eager(exports, tmp_path, load_script):
     for package in ("onnx", "onnxscript", "onnxruntime"):
         pytest.importorskip(package)
     model, _ = exports("decoded")
@@ -208,7 +200,7 @@ def test_onnx_parts_and_runner_match_eager(exports, tmp_path):
     # measured 2e-6 to 4e-6 of the largest output: float32 sums in another order
     for name, check in manifest["verification"]["onnx"].items():
         assert check is not None and check["max_abs_difference"] < 1e-5 * max(1.0, check["max_abs_output"]), (name, check)
-    runner = load_runner()
+    runner = load_script("run_exported")
     volume = ct_volume(SLAB)
     reference = enhancer_hu(model, volume, steps=3, seed=5, strength=1.0)
     exported = runner.enhance(runner.ExportedModel(folder, backend="onnx"), volume, steps=3, seed=5)
@@ -257,8 +249,8 @@ def test_a_slab_the_networks_cannot_take_is_refused(tmp_path, capsys):
     assert "multiples of 64" in capsys.readouterr().err
 
 
-def test_runner_refuses_what_it_cannot_run(exports, tmp_path):
-    runner = load_runner()
+def test_runner_refuses_what_it_cannot_run(exports, tmp_path, load_script):
+    runner = load_script("run_exported")
     _, folder = exports("decoded")
     model = runner.ExportedModel(folder)
     with pytest.raises(runner.ExportedModelError, match="larger than the exported slab.*tiling"):
