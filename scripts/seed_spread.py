@@ -46,11 +46,15 @@ def rows_config(redcnn: list[str], redcnn_2d: list[str], models: list[str], step
     for kind, paths in (("redcnn", redcnn), ("redcnn_2d", redcnn_2d)):
         baselines += [{"_target_": "bundle.evaluation.redcnn.RedCNNMethod", "path": path, "device": "@device",
                        "name": f"{kind}_seed{i}"} for i, path in enumerate(paths)]
-    diffusion = [{"_target_": "bundle.evaluation.methods.DiffusionSampling", "num_inference_steps": steps, "seed": "@seed",
-                  "name": f"ddim_{steps}_seed{i}",
-                  "enhancer": f"$bundle.inference.CTEnhancer.from_file({path!r}, map_location=@device, "
-                              "**@enhancer_settings).to(@device)"} for i, path in enumerate(models)]
+    diffusion = [{**sampling_config(path, steps), "name": f"ddim_{steps}_seed{i}"} for i, path in enumerate(models)]
     return baselines, diffusion
+
+
+def sampling_config(path: str, steps: int) -> dict:
+    """Config of one model file's DDIM row (``DiffusionSampling``), the evaluation's seed."""
+    return {"_target_": "bundle.evaluation.methods.DiffusionSampling", "num_inference_steps": steps, "seed": "@seed",
+            "enhancer": f"$bundle.inference.CTEnhancer.from_file({path!r}, map_location=@device, "
+                        "**@enhancer_settings).to(@device)"}
 
 
 def split_overrides(split: str) -> dict:
@@ -89,9 +93,19 @@ def summarise(physics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def score(config: list[str], settings: dict, command: str) -> str:
+    """Run ``configs/evaluate.yaml`` with the ``config`` overrides and ``settings`` (rows, data,
+    ``output_dir``; no dose sweep) and return :func:`summarise` of its ``physics.json``."""
     from monai.bundle import ConfigParser
 
+    parser = ConfigParser()
+    parser.read_config(["configs/evaluate.yaml", *config])
+    parser.update({"sweep_doses": [], "command": command, **settings})
+    parser.get_parsed_content("evaluate")
+    return summarise(json.loads((Path(settings["output_dir"]) / "physics.json").read_text()))
+
+
+def main() -> None:
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("--redcnn", nargs="*", default=[], help="3D RED-CNN files, one per seed")
     args.add_argument("--redcnn-2d", nargs="*", default=[], help="2D RED-CNN files, one per seed")
@@ -115,13 +129,9 @@ def main() -> None:
         args.error(str(error))
 
     baselines, diffusion = rows_config(opts.redcnn, opts.redcnn_2d, opts.model, opts.steps)
-    parser = ConfigParser()
-    parser.read_config(["configs/evaluate.yaml", *opts.config])
-    parser.update({"datalist": opts.datalist, "output_dir": opts.output, "sweep_doses": [], "baselines": baselines,
-                   "diffusion_rows": diffusion, "command": "python scripts/seed_spread.py (see seed_spread.md)",
-                   **overrides})
-    parser.get_parsed_content("evaluate")
-    table = summarise(json.loads((Path(opts.output) / "physics.json").read_text()))
+    table = score(opts.config, {"datalist": opts.datalist, "output_dir": opts.output, "baselines": baselines,
+                                "diffusion_rows": diffusion, **overrides},
+                  "python scripts/seed_spread.py (see seed_spread.md)")
     (Path(opts.output) / "seed_spread.md").write_text(table)
     print(table)
 

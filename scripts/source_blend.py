@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 from pathlib import Path
 
 from bundle.evaluation.methods import DiffusionSampling, Enhancement, Method
@@ -47,16 +46,17 @@ class SourceBlend(Method):
         return Enhancement(hu=out + self.alpha * (source_hu.to(out.device, out.dtype) - out))
 
 
+def load_seed_spread():
+    spec = importlib.util.spec_from_file_location("seed_spread", SEED_SPREAD)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def rows_config(models: list[str], alphas: list[float], steps: int) -> tuple[dict, list]:
     """``({id: DiffusionSampling config} per model, [SourceBlend config] per model and alpha)``."""
-    samplings = {
-        f"sampling_{i}": {
-            "_target_": "bundle.evaluation.methods.DiffusionSampling", "num_inference_steps": steps, "seed": "@seed",
-            "enhancer": f"$bundle.inference.CTEnhancer.from_file({path!r}, map_location=@device, "
-                        "**@enhancer_settings).to(@device)",
-        }
-        for i, path in enumerate(models)
-    }
+    sampling_config = load_seed_spread().sampling_config
+    samplings = {f"sampling_{i}": sampling_config(path, steps) for i, path in enumerate(models)}
     rows = [{"_target_": "source_blend.SourceBlend", "sampling": f"@sampling_{i}", "alpha": alpha,
              "name": f"blend{alpha:g}_seed{i}"} for i in range(len(models)) for alpha in alphas]
     return samplings, rows
@@ -65,12 +65,7 @@ def rows_config(models: list[str], alphas: list[float], steps: int) -> tuple[dic
 def main() -> None:
     import sys
 
-    from monai.bundle import ConfigParser
-
-    spec = importlib.util.spec_from_file_location("seed_spread", SEED_SPREAD)
-    seed_spread = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(seed_spread)
-
+    seed_spread = load_seed_spread()
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("--model", nargs="+", required=True, help="diffusion model files, one per seed")
     args.add_argument("--alpha", nargs="+", type=float, default=[0.0, 0.1, 0.2, 0.3], help="fractions of the source")
@@ -90,13 +85,10 @@ def main() -> None:
         args.error(str(error))
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # the rows' _target_: source_blend.SourceBlend
-    parser = ConfigParser()
-    parser.read_config(["configs/evaluate.yaml", *opts.config])
-    parser.update({"datalist": opts.datalist, "output_dir": opts.output, "sweep_doses": [],
-                   "baselines": [{"_target_": "bundle.evaluation.methods.Identity"}], "diffusion_rows": rows,
-                   "command": "python scripts/source_blend.py", **samplings, **overrides})
-    parser.get_parsed_content("evaluate")
-    table = seed_spread.summarise(json.loads((Path(opts.output) / "physics.json").read_text()))
+    table = seed_spread.score(opts.config, {"datalist": opts.datalist, "output_dir": opts.output,
+                                            "baselines": [{"_target_": "bundle.evaluation.methods.Identity"}],
+                                            "diffusion_rows": rows, **samplings, **overrides},
+                              "python scripts/source_blend.py")
     (Path(opts.output) / "source_blend.md").write_text(table)
     print(table)
 
