@@ -15,6 +15,11 @@ terms push on exactly that, none needs downloaded weights:
   ranges (:data:`bundle.metrics.hu_accuracy.HU_CLASSES`) of the target decoded from its
   windows (``hu_windows``) and smoothed in-plane, so that the target's own noise does not pick
   the voxels (selecting by a noisy value biases the selected mean).
+- ``edge``: the squared error where the anatomy has an edge, each voxel weighted by the in-plane
+  gradient of the smoothed target's HU up to ``edge_threshold`` HU per pixel (weight 1 from there
+  on). A 100 HU fat-water edge counts as much as a bone edge, where the mean squared error pays a
+  blurred low-contrast edge only in proportion to its few voxels and its small contrast, and the
+  gradient term's finite differences of a noisy target are mostly that noise.
 
 ``channel_weights`` weigh the window channels in the L1, gradient and frequency terms. Equal
 weights (the spec) make one unit of error cost the same in every channel, so a HU error costs
@@ -37,18 +42,21 @@ __all__ = ["ReconstructionLoss"]
 
 class ReconstructionLoss:
     """``l1 * L1 + ssim * (1 - SSIM) + gradient * L1(grad) + frequency * L1(FFT) + mse * MSE
-    + class_bias * mean |class mean error|``.
+    + class_bias * mean |class mean error| + edge * mean(edge weight * squared error)``.
 
     Args:
-        l1, ssim, gradient, frequency, mse, class_bias: term weights (0 leaves a term out, not
-            even computed).
+        l1, ssim, gradient, frequency, mse, class_bias, edge: term weights (0 leaves a term out,
+            not even computed).
         channel_weights: one weight per channel for the L1, gradient, frequency, MSE and class
             bias terms (a weighted mean over channels); None = all channels alike (plain means,
             the spec).
-        hu_windows: the ``[[lo, hi], ...]`` windows of the channels; needed by ``class_bias``.
+        hu_windows: the ``[[lo, hi], ...]`` windows of the channels; needed by ``class_bias`` and
+            ``edge``.
         class_smoothing: in-plane side (pixels, odd) of the box filter applied to the target's HU
-            before it is classed.
+            before it is classed or its edges are measured.
         class_min_voxels: a class counts in a sample from this many voxels on.
+        edge_threshold: in-plane gradient (HU per pixel, central differences of the smoothed target)
+            from which a voxel weighs fully in the ``edge`` term; below it in proportion.
 
     ``loss(recon, target) -> (total, {term: float})`` with ``(B, C, T, H, W)`` inputs; the terms
     are computed in float32 whatever the autocast precision.
@@ -66,6 +74,8 @@ class ReconstructionLoss:
         hu_windows=None,
         class_smoothing: int = 5,
         class_min_voxels: int = 64,
+        edge: float = 0.0,
+        edge_threshold: float = 20.0,
     ) -> None:
         if channel_weights is not None:
             channel_weights = torch.as_tensor(channel_weights, dtype=torch.float32).flatten()
@@ -73,18 +83,23 @@ class ReconstructionLoss:
                 raise ValueError(f"channel_weights must be >= 0 with a positive sum, got {channel_weights.tolist()}.")
         self.channel_weights = channel_weights
         self.weights = {"l1": float(l1), "ssim": float(ssim), "gradient": float(gradient), "frequency": float(frequency),
-                        "mse": float(mse), "class_bias": float(class_bias)}
+                        "mse": float(mse), "class_bias": float(class_bias), "edge": float(edge)}
         if any(w < 0 for w in self.weights.values()):
             raise ValueError(f"reconstruction loss weights must be >= 0, got {self.weights}.")
         if not any(self.weights.values()):
             raise ValueError("at least one reconstruction loss weight must be > 0.")
         if class_bias > 0 and hu_windows is None:
             raise ValueError("class_bias needs hu_windows: the target's HU picks each voxel's tissue class.")
+        if edge > 0 and hu_windows is None:
+            raise ValueError("edge needs hu_windows: the target's HU gradient picks the edge voxels.")
+        if not edge_threshold > 0:
+            raise ValueError(f"edge_threshold must be > 0 HU per pixel, got {edge_threshold}.")
         if class_smoothing < 1 or class_smoothing % 2 == 0:
             raise ValueError(f"class_smoothing must be an odd number of pixels >= 1, got {class_smoothing}.")
         self.hu_windows = HUWindows(hu_windows) if hu_windows is not None else None
         self.class_smoothing = int(class_smoothing)
         self.class_min_voxels = int(class_min_voxels)
+        self.edge_threshold = float(edge_threshold)
         self._ssim = SSIMLoss(spatial_dims=2, data_range=2.0, win_size=7, kernel_sigma=1.5) if ssim > 0 else None
 
     def __call__(self, recon: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -112,6 +127,8 @@ class ReconstructionLoss:
             values["mse"] = self._mean((recon - target).square())
         if self.weights["class_bias"]:
             values["class_bias"] = self._class_bias(recon, target)
+        if self.weights["edge"]:
+            values["edge"] = self._mean(self._edge_weight(target) * (recon - target).square())
         total = sum(self.weights[k] * v for k, v in values.items())
         return total, {k: float(v.detach()) for k, v in values.items()}
 
@@ -125,13 +142,29 @@ class ReconstructionLoss:
         weights = self.channel_weights.to(per_channel.device)
         return (weights * per_channel).sum() / weights.sum()
 
+    @torch.no_grad()
+    def _smoothed_hu(self, target: torch.Tensor) -> torch.Tensor:
+        """(B, 1, T, H, W) HU of the target through a replicate-padded in-plane box filter: the
+        smoothed anatomy, so that the target's own noise neither picks classes nor makes edges."""
+        hu = self.hu_windows.to_hu(target, channel_dim=1)
+        k = self.class_smoothing
+        if k > 1:
+            hu = F.avg_pool3d(F.pad(hu, (k // 2,) * 4 + (0, 0), mode="replicate"), (1, k, k), stride=1)
+        return hu
+
+    @torch.no_grad()
+    def _edge_weight(self, target: torch.Tensor) -> torch.Tensor:
+        """(B, 1, T, H, W) in [0, 1]: the smoothed target's in-plane gradient magnitude (central
+        differences, HU per pixel) over ``edge_threshold``, capped at 1."""
+        hu = F.pad(self._smoothed_hu(target), (1, 1, 1, 1, 0, 0), mode="replicate")
+        gy = (hu[..., 2:, 1:-1] - hu[..., :-2, 1:-1]) / 2
+        gx = (hu[..., 1:-1, 2:] - hu[..., 1:-1, :-2]) / 2
+        return (torch.sqrt(gx.square() + gy.square()) / self.edge_threshold).clamp(max=1.0)
+
     def _class_bias(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean over the (sample, class) pairs present of the channel-weighted |mean error| there."""
         with torch.no_grad():
-            hu = self.hu_windows.to_hu(target, channel_dim=1)  # (B, 1, T, H, W)
-            k = self.class_smoothing
-            if k > 1:  # replicate-padded in-plane box filter: the classes of the smoothed anatomy
-                hu = F.avg_pool3d(F.pad(hu, (k // 2,) * 4 + (0, 0), mode="replicate"), (1, k, k), stride=1)
+            hu = self._smoothed_hu(target)  # (B, 1, T, H, W): the classes of the smoothed anatomy
             masks = torch.cat([(hu >= lo) & (hu < hi) for lo, hi in HU_CLASSES.values()], dim=1).flatten(2).float()
             counts = masks.sum(-1)  # (B, K)
             present = counts >= self.class_min_voxels

@@ -136,3 +136,54 @@ def test_class_bias_needs_the_windows():
         ReconstructionLoss(class_bias=1)
     with pytest.raises(ValueError, match="class_smoothing"):
         ReconstructionLoss(class_bias=1, hu_windows=WINDOWS, class_smoothing=4)
+
+
+def _disc_phantom(contrast: float, radius: int = 10) -> torch.Tensor:
+    """HU (1, 1, 8, 48, 48): water with one disc of `contrast` HU at the centre."""
+    yy, xx = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
+    disc = ((yy - 23.5) ** 2 + (xx - 23.5) ** 2) < radius**2
+    return (contrast * disc.float()).expand(1, 1, 8, 48, 48).clone()
+
+
+def test_edge_weight_is_one_on_an_edge_above_the_threshold_and_zero_on_flat_tissue():
+    """A 100 HU fat-water edge and a 1000 HU bone edge weigh alike (both past 20 HU per pixel
+    after the 5-pixel box); the flat water and the disc's core weigh nothing."""
+    loss = ReconstructionLoss(l1=0, edge=1, hu_windows=WINDOWS)
+    for contrast in (-100.0, 1000.0):
+        weight = loss._edge_weight(_channels(_disc_phantom(contrast)))
+        assert weight.shape == (1, 1, 8, 48, 48)
+        assert float(weight[0, 0, :, 23, 12:16].min()) == pytest.approx(1.0)  # the rim, every slice
+        assert float(weight[..., 23, 23].max()) == 0.0 and float(weight[..., 2, 2].max()) == 0.0  # core, water
+    # a 20 HU lesion's edge stays under the threshold: weighed in proportion
+    weak = float(loss._edge_weight(_channels(_disc_phantom(20.0)))[0, 0, 0, 23, 13])
+    assert 0.1 < weak < 0.5
+
+
+def test_edge_term_pays_a_blurred_edge_more_than_the_same_error_on_flat_tissue():
+    """Two reconstructions with the same mean squared error: one blurs the fat disc's rim, the other
+    spreads that error over the water. Only the edge term tells them apart, by the rim's share."""
+    target_hu = _disc_phantom(-100.0)
+    target = _channels(target_hu)
+    blurred_hu = F.avg_pool3d(F.pad(target_hu, (2, 2, 2, 2, 0, 0), mode="replicate"), (1, 5, 5), stride=1)
+    blurred = _channels(blurred_hu)
+    error = blurred - target
+    flat = target + error.square().mean().sqrt() * torch.where(torch.arange(48) % 2 == 0, 1.0, -1.0)
+    loss = ReconstructionLoss(l1=0, mse=1, edge=1, hu_windows=WINDOWS)
+    _, on_edge = loss(blurred, target)
+    _, on_flat = loss(flat, target)
+    assert on_edge["mse"] == pytest.approx(on_flat["mse"], rel=1e-3)
+    assert on_edge["edge"] > 5 * on_flat["edge"]
+    assert loss(target, target)[1]["edge"] == 0.0
+    # the weight is the target's: no gradient flows into it, the error's gradient reaches the rim only
+    recon = blurred.clone().requires_grad_(True)
+    loss_edge = ReconstructionLoss(l1=0, edge=1, hu_windows=WINDOWS)
+    loss_edge(recon, target)[0].backward()
+    assert recon.grad[..., 23, 23].abs().sum() == 0 and recon.grad[..., 2, 2].abs().sum() == 0
+    assert recon.grad[..., 23, 13].abs().sum() > 0
+
+
+def test_edge_needs_the_windows_and_a_positive_threshold():
+    with pytest.raises(ValueError, match="hu_windows"):
+        ReconstructionLoss(edge=1)
+    with pytest.raises(ValueError, match="edge_threshold"):
+        ReconstructionLoss(edge=1, hu_windows=WINDOWS, edge_threshold=0)
