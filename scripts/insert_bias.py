@@ -37,13 +37,18 @@ def main() -> None:
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("--model", default="models/model.pt")
     args.add_argument("--datalist", default="data/demo/datalist.json")
-    args.add_argument("--patient", default="qa000", help="a test volume with QA inserts")
+    args.add_argument("--patient", default="qa000", help="a volume with QA inserts")
+    args.add_argument("--split", default="test", help="the datalist's list that holds --patient (validation: qa001)")
     opts = args.parse_args()
     torch.set_grad_enabled(False)
     parser = ConfigParser()
     parser.read_config("configs/common.yaml")
     transform = parser.get_parsed_content("val_transforms")
-    item = next(i for i in bundle.data.datalist.load_datalist(opts.datalist, "test") if i.get("patient") == opts.patient)
+    items = bundle.data.datalist.load_datalist(opts.datalist, opts.split)
+    item = next((i for i in items if i.get("patient") == opts.patient), None)
+    if item is None:
+        raise SystemExit(f"{opts.datalist}: no patient {opts.patient!r} in its {opts.split!r} list "
+                         f"(it has {[i.get('patient') for i in items]}).")
     data = transform(item)
     source, target = data["source"].as_tensor().float(), data["target"].as_tensor().float()
     clean = data["clean"].as_tensor().float().numpy()[0]
