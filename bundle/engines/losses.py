@@ -47,7 +47,7 @@ class ReconstructionLoss:
     Args:
         l1, ssim, gradient, frequency, mse, class_bias, edge: term weights (0 leaves a term out,
             not even computed).
-        channel_weights: one weight per channel for the L1, gradient, frequency, MSE and class
+        channel_weights: one weight per channel for the L1, gradient, frequency, MSE, edge and class
             bias terms (a weighted mean over channels); None = all channels alike (plain means,
             the spec).
         hu_windows: the ``[[lo, hi], ...]`` windows of the channels; needed by ``class_bias`` and
