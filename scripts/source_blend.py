@@ -14,6 +14,7 @@ Run from the bundle root:
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class SourceBlend(Method):
         return Enhancement(hu=out + self.alpha * (source_hu.to(out.device, out.dtype) - out))
 
 
+@functools.cache  # one module for rows_config and main
 def load_seed_spread():
     spec = importlib.util.spec_from_file_location("seed_spread", SEED_SPREAD)
     module = importlib.util.module_from_spec(spec)

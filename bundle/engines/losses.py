@@ -125,10 +125,12 @@ class ReconstructionLoss:
             values["frequency"] = self._mean(diff.abs())
         if self.weights["mse"]:
             values["mse"] = self._mean((recon - target).square())
+        # the smoothed target's HU, once for both terms that read the anatomy
+        hu = self._smoothed_hu(target) if self.weights["class_bias"] or self.weights["edge"] else None
         if self.weights["class_bias"]:
-            values["class_bias"] = self._class_bias(recon, target)
+            values["class_bias"] = self._class_bias(recon, target, hu)
         if self.weights["edge"]:
-            values["edge"] = self._mean(self._edge_weight(target) * (recon - target).square())
+            values["edge"] = self._mean(self._edge_weight(hu) * (recon - target).square())
         total = sum(self.weights[k] * v for k, v in values.items())
         return total, {k: float(v.detach()) for k, v in values.items()}
 
@@ -153,18 +155,18 @@ class ReconstructionLoss:
         return hu
 
     @torch.no_grad()
-    def _edge_weight(self, target: torch.Tensor) -> torch.Tensor:
-        """(B, 1, T, H, W) in [0, 1]: the smoothed target's in-plane gradient magnitude (central
-        differences, HU per pixel) over ``edge_threshold``, capped at 1."""
-        hu = F.pad(self._smoothed_hu(target), (1, 1, 1, 1, 0, 0), mode="replicate")
+    def _edge_weight(self, hu: torch.Tensor) -> torch.Tensor:
+        """(B, 1, T, H, W) in [0, 1]: the in-plane gradient magnitude of ``hu`` (the smoothed
+        target's, central differences, HU per pixel) over ``edge_threshold``, capped at 1."""
+        hu = F.pad(hu, (1, 1, 1, 1, 0, 0), mode="replicate")
         gy = (hu[..., 2:, 1:-1] - hu[..., :-2, 1:-1]) / 2
         gx = (hu[..., 1:-1, 2:] - hu[..., 1:-1, :-2]) / 2
         return (torch.sqrt(gx.square() + gy.square()) / self.edge_threshold).clamp(max=1.0)
 
-    def _class_bias(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Mean over the (sample, class) pairs present of the channel-weighted |mean error| there."""
+    def _class_bias(self, recon: torch.Tensor, target: torch.Tensor, hu: torch.Tensor) -> torch.Tensor:
+        """Mean over the (sample, class) pairs present of the channel-weighted |mean error| there;
+        ``hu``: the smoothed target's (B, 1, T, H, W), whose ranges class the voxels."""
         with torch.no_grad():
-            hu = self._smoothed_hu(target)  # (B, 1, T, H, W): the classes of the smoothed anatomy
             masks = torch.cat([(hu >= lo) & (hu < hi) for lo, hi in HU_CLASSES.values()], dim=1).flatten(2).float()
             counts = masks.sum(-1)  # (B, K)
             present = counts >= self.class_min_voxels

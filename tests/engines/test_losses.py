@@ -150,12 +150,12 @@ def test_edge_weight_is_one_on_an_edge_above_the_threshold_and_zero_on_flat_tiss
     after the 5-pixel box); the flat water and the disc's core weigh nothing."""
     loss = ReconstructionLoss(l1=0, edge=1, hu_windows=WINDOWS)
     for contrast in (-100.0, 1000.0):
-        weight = loss._edge_weight(_channels(_disc_phantom(contrast)))
+        weight = loss._edge_weight(loss._smoothed_hu(_channels(_disc_phantom(contrast))))
         assert weight.shape == (1, 1, 8, 48, 48)
         assert float(weight[0, 0, :, 23, 12:16].min()) == pytest.approx(1.0)  # the rim, every slice
         assert float(weight[..., 23, 23].max()) == 0.0 and float(weight[..., 2, 2].max()) == 0.0  # core, water
     # a 20 HU lesion's edge stays under the threshold: weighed in proportion
-    weak = float(loss._edge_weight(_channels(_disc_phantom(20.0)))[0, 0, 0, 23, 13])
+    weak = float(loss._edge_weight(loss._smoothed_hu(_channels(_disc_phantom(20.0))))[0, 0, 0, 23, 13])
     assert 0.1 < weak < 0.5
 
 
