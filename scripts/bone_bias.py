@@ -1,0 +1,72 @@
+"""Where a model's bone bias sits on a volume without tissue labels (the LIDC sample): the error
+against the clean truth in the evaluation's bone class (reference >= 300 HU, eroded 1 pixel
+in-plane), split into its rim and core (eroded 3), into density bands, and in the soft tissue
+within 3 pixels of bone. A level error shows in the core and the dense band; blur at bone edges
+shows in the rim and the soft tissue beside it. The output is ``no_diffusion`` (the source's own
+latent), which the DDIM rows match to 0.1 dB (docs/quality.md).
+
+    python scripts/bone_bias.py --model runs/lidc3/q_s0/model.pt --datalist data/lidc/datalist.json
+
+Run from the bundle root; docs/quality.md has the table.
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+
+def regions(clean: np.ndarray) -> dict[str, np.ndarray]:
+    """Masks of ``clean`` ``(S, H, W)`` in HU, eroded and dilated in-plane only (slices are thick)."""
+    plane = np.zeros((3, 3, 3), bool)
+    plane[1] = ndimage.generate_binary_structure(2, 1)
+    bone = clean >= 300
+    eroded = ndimage.binary_erosion(bone, plane, iterations=1)
+    core = ndimage.binary_erosion(bone, plane, iterations=3)
+    near = ndimage.binary_dilation(bone, plane, iterations=3) & ~bone
+    return {"bone (the metric's)": eroded, "rim": eroded & ~core, "core": core,
+            "300-600 HU": eroded & (clean < 600), "600-1000 HU": eroded & (clean >= 600) & (clean < 1000),
+            ">= 1000 HU": eroded & (clean >= 1000), "soft tissue within 3 px": near & (clean >= -20) & (clean < 120)}
+
+
+def main() -> None:
+    from monai.bundle import ConfigParser
+
+    import bundle.data.datalist
+    from bundle.inference import CTEnhancer
+
+    args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    args.add_argument("--model", nargs="+", default=["models/model.pt"], help="one or more model files")
+    args.add_argument("--datalist", default="data/lidc/datalist.json")
+    args.add_argument("--split", default="test")
+    opts = args.parse_args()
+    torch.set_grad_enabled(False)
+    parser = ConfigParser()
+    parser.read_config("configs/common.yaml")
+    transform = parser.get_parsed_content("val_transforms")
+    items = bundle.data.datalist.load_datalist(opts.datalist, opts.split)
+    print("mean error / RMSE vs clean (HU)\n")
+    for item in items:
+        if not item.get("clean"):
+            raise SystemExit(f"{opts.datalist}: {item.get('patient')!r} in {opts.split!r} has no clean truth.")
+        data = transform(item)
+        source = data["source"].as_tensor().float()
+        clean = data["clean"].as_tensor().float().numpy()[0]
+        masks = regions(clean)
+        outputs = {"input": source.numpy().reshape(clean.shape)}
+        for path in opts.model:
+            enhancer = CTEnhancer.from_file(path).eval()
+            outputs[path] = enhancer.ceiling(source, source).numpy().reshape(clean.shape)
+        print(f"{item.get('patient')}:\n")
+        print("| output | " + " | ".join(f"{name} ({mask.sum()} voxels)" for name, mask in masks.items()) + " |")
+        print("|---|" + "---|" * len(masks))
+        for name, output in outputs.items():
+            error = output.astype(np.float64) - clean
+            cells = [f"{error[m].mean():+.1f} / {np.sqrt((error[m] ** 2).mean()):.1f}" for m in masks.values()]
+            print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
