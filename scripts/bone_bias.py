@@ -19,16 +19,20 @@ from scipy import ndimage
 
 
 def regions(clean: np.ndarray) -> dict[str, np.ndarray]:
-    """Masks of ``clean`` ``(S, H, W)`` in HU, eroded and dilated in-plane only (slices are thick)."""
+    """Masks of ``clean`` ``(S, H, W)`` in HU: the evaluation's bone class (bundle.metrics.hu_accuracy)
+    split further, eroded and dilated in-plane only as that class is (slices are thick)."""
+    from bundle.metrics.hu_accuracy import HU_CLASSES, class_masks
+
     plane = np.zeros((3, 3, 3), bool)
     plane[1] = ndimage.generate_binary_structure(2, 1)
-    bone = clean >= 300
-    eroded = ndimage.binary_erosion(bone, plane, iterations=1)
-    core = ndimage.binary_erosion(bone, plane, iterations=3)
-    near = ndimage.binary_dilation(bone, plane, iterations=3) & ~bone
+    bone_lo = HU_CLASSES["bone"][0]
+    soft_lo, soft_hi = HU_CLASSES["soft tissue"]
+    eroded = class_masks(clean)["bone"]
+    core = ndimage.binary_erosion(clean >= bone_lo, plane, iterations=3)
+    near = ndimage.binary_dilation(clean >= bone_lo, plane, iterations=3) & (clean >= soft_lo) & (clean < soft_hi)
     return {"bone (the metric's)": eroded, "rim": eroded & ~core, "core": core,
-            "300-600 HU": eroded & (clean < 600), "600-1000 HU": eroded & (clean >= 600) & (clean < 1000),
-            ">= 1000 HU": eroded & (clean >= 1000), "soft tissue within 3 px": near & (clean >= -20) & (clean < 120)}
+            f"{bone_lo:g}-600 HU": eroded & (clean < 600), "600-1000 HU": eroded & (clean >= 600) & (clean < 1000),
+            ">= 1000 HU": eroded & (clean >= 1000), "soft tissue within 3 px": near}
 
 
 def main() -> None:
