@@ -68,7 +68,9 @@ _IN_PLANE = np.zeros((3, 3, 3), bool)
 _IN_PLANE[1] = ndimage.generate_binary_structure(2, 2)
 # what a lesion can lie in: the soft tissues but the lesion itself
 _HOSTS = [label for label in LABEL_CLASSES["soft tissue"] if label != LABELS["lesion"]]
-TTF_MIN_CONTRAST_HU = 100.0  # inserts whose edge is sharp enough against water for a TTF
+# inserts whose edge is sharp enough against their background for a TTF: the fat (-100 HU nominal,
+# read at -96 to -123 against the QA variants' bodies) in, the soft-tissue and water inserts (<= 60) out
+TTF_MIN_CONTRAST_HU = 90.0
 ROI_SIZES = (16, 12, 8, 6)  # NPS ROI sides tried, largest first, until one fits the flat regions
 
 
@@ -146,6 +148,7 @@ class VolumePhysics:
             if rois is None:
                 logger.warning("lesion at %s (radius %.1f mm) left out of d': no core or background ROI",
                                lesion["centre"], lesion["radius_mm"])
+        self.ttf_inserts = [i for i in truth.inserts if abs(self._edge_contrast(i)) >= TTF_MIN_CONTRAST_HU]
         self.full_dose = self._measure(self.target, full_dose=True)
 
     def _flat_mask(self) -> np.ndarray:
@@ -178,11 +181,20 @@ class VolumePhysics:
         return rois - rois.mean(axis=(1, 2), keepdims=True)
 
     # --- resolution ---------------------------------------------------------------------------
+    def _edge_contrast(self, insert: dict) -> float:
+        """The insert's HU minus its background's, in the reference: medians (a blurred edge or a
+        low-contrast disc nearby does not move them) of its core and of a ring 3-6 mm outside
+        its edge. Against the body, not against 0 HU: a QA variant's water is at -5..45 HU."""
+        radius_px = insert["radius_mm"] / self.truth.pixel_mm
+        shape2d = self.reference.shape[1:]
+        core = _disc(shape2d, insert["centre"], 0.6 * radius_px)
+        ring = (_disc(shape2d, insert["centre"], radius_px + 6.0 / self.truth.pixel_mm)
+                & ~_disc(shape2d, insert["centre"], radius_px + 3.0 / self.truth.pixel_mm))
+        return float(np.median(self.reference[:, core]) - np.median(self.reference[:, ring]))
+
     def _ttf(self, output: np.ndarray) -> dict[str, Any]:
         results = {}
-        for insert in self.truth.inserts:
-            if abs(insert["hu"]) < TTF_MIN_CONTRAST_HU:
-                continue
+        for insert in self.ttf_inserts:
             ttf = task_transfer_function(output, insert["centre"], insert["radius_mm"], self.truth.pixel_mm)
             results[insert["name"]] = ttf
         return results

@@ -304,7 +304,7 @@ def physics_tables(results: dict[str, Any]) -> list[str]:
     lines += ["", "Noise: the output minus the clean truth in flat ROIs, each ROI's mean removed (the full-dose row: "
               "its own noise); NPS mean frequency: power-weighted over the 2D spectrum. Flags: a row with under 80 % of "
               "the full-dose scan's noise (it can win PSNR by smoothing) or an NPS mean frequency off by more than 15 %. TTF50: at the edges of the QA inserts of at least "
-              "100 HU contrast. Lesions: the demo's liver lesions and the QA discs; d' of the non-prewhitening "
+              "90 HU contrast against the body around them. Lesions: the demo's liver lesions and the QA discs; d' of the non-prewhitening "
               "observer with the measured contrast, the row's NPS and (QA) its TTF. Means over the test volumes "
               "that have each measure.", ""]
     if bound is not None:

@@ -94,3 +94,23 @@ def test_a_qa_disc_runs_through_every_slice():
     # the same disc on all 12 slices with independent noise: sqrt(12) times one slice's
     assert entry["d_prime_ideal"] > 1.0
     assert entry["d_prime_ideal_3d"] == pytest.approx(math.sqrt(12) * entry["d_prime_ideal"], rel=1e-9)
+
+
+def test_ttf_inserts_are_chosen_by_contrast_against_the_body_around_them():
+    """A QA variant's water is not at 0 HU: a -97 HU fat insert in a +30 HU body has a 127 HU edge
+    and gets a TTF, a +60 HU insert in that body (30 HU) does not, whatever their nominal HU."""
+    labels = np.full(SHAPE, LABELS["water"], np.uint8)
+    yy, xx = np.ogrid[: SHAPE[1], : SHAPE[2]]
+    hu = np.full(SHAPE, 30.0)
+    inserts = [{"name": "fat", "centre": (20.0, 20.0), "radius_mm": 8.0, "hu": -97.0},
+               {"name": "soft tissue", "centre": (44.0, 44.0), "radius_mm": 8.0, "hu": 60.0}]
+    for insert in inserts:
+        disc = np.hypot(yy - insert["centre"][0], xx - insert["centre"][1]) < insert["radius_mm"] / PIXEL_MM
+        hu[:, disc], labels[:, disc] = insert["hu"], LABELS["insert"]
+    clean = ndimage.gaussian_filter(hu, (0.0, 0.6, 0.6))
+    noisy = clean + np.random.default_rng(0).normal(0.0, 10.0, SHAPE)
+    truth = Truth(pixel_mm=PIXEL_MM, slice_mm=SLICE_MM, clean=clean, labels=labels, inserts=inserts)
+    physics = VolumePhysics(noisy, truth, windows=[[-160, 240]])
+    assert [i["name"] for i in physics.ttf_inserts] == ["fat"]
+    ttf = physics.measure(clean)["ttf50"]
+    assert set(ttf["per_insert"]) == {"fat"} and 0 < ttf["mean"] < 0.5 / PIXEL_MM
