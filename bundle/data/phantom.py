@@ -320,7 +320,8 @@ def make_phantom(
             radius = float(rng.uniform(2.5, 10))
             contrast = float(rng.choice([-1, 1]) * rng.uniform(5, 20))
             distance = np.sqrt(((z - z[k]) ** 2)[:, None, None] + (y - y[0, r, 0]) ** 2 + (x - x[0, 0, c]) ** 2)
-            sphere = (distance < radius) & liver
+            # the liver as it stands now: kidneys, vessels and bone painted after it took parts of its ellipse
+            sphere = (distance < radius) & (labels == LABELS["liver"])
             hu[sphere] += np.float32(contrast)
             labels[sphere] = LABELS["lesion"]
             lesions.append({"centre": (k, int(r), int(c)), "radius_mm": radius, "contrast_hu": contrast})

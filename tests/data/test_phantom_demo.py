@@ -50,6 +50,19 @@ def test_lesions_are_small_and_low_contrast(phantoms):
         assert 5.0 <= abs(lesion["contrast_hu"]) <= 20.0
 
 
+def test_liver_lesions_replace_liver_only():
+    """A lesion sphere near the liver's edge stops at the organs painted over the liver's ellipse
+    after it (the demo's patient demo006 had one reach into a kidney and the vena cava). Lesions
+    are drawn last, so the same seed without them gives the labels they were painted into."""
+    seed = int(np.random.SeedSequence([0, 6]).generate_state(2)[0])  # demo006's anatomy
+    with_lesions = make_phantom(seed).labels
+    without = make_phantom(seed, num_lesions=(0, 0)).labels
+    changed = with_lesions != without
+    assert changed.any()
+    assert set(np.unique(without[changed])) == {LABELS["liver"]}
+    assert set(np.unique(with_lesions[changed])) == {LABELS["lesion"]}
+
+
 def test_consecutive_slices_are_coherent_and_change_along_z(phantoms):
     for phantom in phantoms:
         hu = phantom.hu.reshape(phantom.hu.shape[0], -1)
