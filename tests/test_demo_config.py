@@ -85,7 +85,7 @@ def test_full_size_default_is_the_demo_design_at_full_widths():
     assert recipe.get_parsed_content("enhancer_settings")["source_lowpass_sigma"] == 3.0
     # the path's loss: the quality budget's measured winner (squared error + class level), not the demo's L1
     path = recipe.get_parsed_content("train_fidelity_on")
-    assert loss_terms(path) == {"mse": 25.0, "gradient": 3.0, "class_bias": 1.0, "channel_weights": None}
+    assert loss_terms(path) == {"mse": 25.0, "gradient": 3.0, "class_bias": 1.0, "edge": 50.0, "channel_weights": None}
     assert loss_terms(path) == loss_terms(parser_for("train", "demo", "quality").get_parsed_content("train_fidelity_on"))
 
 
@@ -94,14 +94,19 @@ def test_quality_recipe_trains_the_path_longer_on_the_squared_error_with_the_cla
     assert parser.get_parsed_content("vae_epochs") == 30  # x 32 iterations = RED-CNN's 960
     assert parser.get_parsed_content("dataset_dir") == "data/demo_qa"  # the demo data with QA cylinders
     path = parser.get_parsed_content("train_fidelity_on")
-    assert loss_terms(path) == {"mse": 25.0, "gradient": 3.0, "class_bias": 1.0, "channel_weights": None}
+    assert loss_terms(path) == {"mse": 25.0, "gradient": 3.0, "class_bias": 1.0, "edge": 50.0, "channel_weights": None}
+    # the recipe before the edge term (docs/quality.md) is one override away
+    earlier = parser_for("train", "demo", "quality")
+    earlier.update({"fidelity_loss#edge": 0.0})
+    assert loss_terms(earlier.get_parsed_content("train_fidelity_on")) == {"mse": 25.0, "gradient": 3.0, "class_bias": 1.0,
+                                                                           "channel_weights": None}
     assert path.hu_windows.as_config() == parser.get_parsed_content("hu_windows")
     # both stages train the path on it; the VAE's own terms stay the demo's
     assert parser.get("vae_stage")["fidelity_loss"] == parser.get("diffusion_trainer")["fidelity_loss"] == "@train_fidelity_on"
     # the documented arms override its terms on the command line (scripts/gpu_quality_study.sh: l1)
     parser.update({"fidelity_loss#l1": 1.0, "fidelity_loss#mse": 0.0})
     assert loss_terms(parser.get_parsed_content("train_fidelity_on")) == {"l1": 1.0, "gradient": 3.0, "class_bias": 1.0,
-                                                                          "channel_weights": None}
+                                                                          "edge": 50.0, "channel_weights": None}
     assert loss_terms(parser.get_parsed_content("reconstruction_loss")) == {"l1": 1.0, "gradient": 1.0, "channel_weights": None}
 
 
