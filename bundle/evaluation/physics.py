@@ -69,7 +69,7 @@ _IN_PLANE[1] = ndimage.generate_binary_structure(2, 2)
 # what a lesion can lie in: the soft tissues but the lesion itself
 _HOSTS = [label for label in LABEL_CLASSES["soft tissue"] if label != LABELS["lesion"]]
 # inserts whose edge is sharp enough against their background for a TTF: the fat (-100 HU nominal,
-# read at -96 to -123 against the QA variants' bodies) in, the soft-tissue and water inserts (<= 60) out
+# -100 to -140 against the QA variants' bodies) in, the soft-tissue and water inserts (<= 65) out
 TTF_MIN_CONTRAST_HU = 90.0
 ROI_SIZES = (16, 12, 8, 6)  # NPS ROI sides tried, largest first, until one fits the flat regions
 
@@ -182,15 +182,16 @@ class VolumePhysics:
 
     # --- resolution ---------------------------------------------------------------------------
     def _edge_contrast(self, insert: dict) -> float:
-        """The insert's HU minus its background's, in the reference: medians (a blurred edge or a
-        low-contrast disc nearby does not move them) of its core and of a ring 3-6 mm outside
-        its edge. Against the body, not against 0 HU: a QA variant's water is at -5..45 HU."""
+        """The insert's nominal HU minus its background's, the median of the reference in a ring
+        3-6 mm (at least 2-3 pixels: past the edge's blur) outside its edge; a low-contrast disc
+        nearby does not move a median. Against the body, not against 0 HU: a QA variant's water is
+        at -5..45 HU."""
         radius_px = insert["radius_mm"] / self.truth.pixel_mm
+        inner, outer = max(3.0 / self.truth.pixel_mm, 2.0), max(6.0 / self.truth.pixel_mm, 3.0)
         shape2d = self.reference.shape[1:]
-        core = _disc(shape2d, insert["centre"], 0.6 * radius_px)
-        ring = (_disc(shape2d, insert["centre"], radius_px + 6.0 / self.truth.pixel_mm)
-                & ~_disc(shape2d, insert["centre"], radius_px + 3.0 / self.truth.pixel_mm))
-        return float(np.median(self.reference[:, core]) - np.median(self.reference[:, ring]))
+        ring = (_disc(shape2d, insert["centre"], radius_px + outer)
+                & ~_disc(shape2d, insert["centre"], radius_px + inner))
+        return float(insert["hu"] - np.median(self.reference[:, ring]))
 
     def _ttf(self, output: np.ndarray) -> dict[str, Any]:
         results = {}
