@@ -51,6 +51,7 @@ def main() -> None:
     parser.read_config("configs/common.yaml")
     transform = parser.get_parsed_content("val_transforms")
     items = bundle.data.datalist.load_datalist(opts.datalist, opts.split)
+    enhancers = {path: CTEnhancer.from_file(path).eval() for path in opts.model}  # once, not per volume
     print("mean error / RMSE vs clean (HU)\n")
     for item in items:
         if not item.get("clean"):
@@ -60,8 +61,7 @@ def main() -> None:
         clean = data["clean"].as_tensor().float().numpy()[0]
         masks = regions(clean)
         outputs = {"input": source.numpy().reshape(clean.shape)}
-        for path in opts.model:
-            enhancer = CTEnhancer.from_file(path).eval()
+        for path, enhancer in enhancers.items():
             outputs[path] = enhancer.ceiling(source, source).numpy().reshape(clean.shape)
         print(f"{item.get('patient')}:\n")
         print("| output | " + " | ".join(f"{name} ({mask.sum()} voxels)" for name, mask in masks.items()) + " |")
