@@ -36,19 +36,21 @@ from monai.losses import SSIMLoss
 
 from bundle.data.windows import HUWindows
 from bundle.metrics.hu_accuracy import HU_CLASSES
+from bundle.networks.frequency import inplane_lowpass
 
 __all__ = ["ReconstructionLoss"]
 
 
 class ReconstructionLoss:
     """``l1 * L1 + ssim * (1 - SSIM) + gradient * L1(grad) + frequency * L1(FFT) + mse * MSE
-    + class_bias * mean |class mean error| + edge * mean(edge weight * squared error)``.
+    + class_bias * mean |class mean error| + edge * mean(edge weight * squared error)
+    + lowpass * MSE(G_sigma * error)``.
 
     Args:
-        l1, ssim, gradient, frequency, mse, class_bias, edge: term weights (0 leaves a term out,
+        l1, ssim, gradient, frequency, mse, class_bias, edge, lowpass: term weights (0 leaves a term out,
             not even computed).
-        channel_weights: one weight per channel for the L1, gradient, frequency, MSE, edge and class
-            bias terms (a weighted mean over channels); None = all channels alike (plain means,
+        channel_weights: one weight per channel for the L1, gradient, frequency, MSE, edge, low-pass
+            and class bias terms (a weighted mean over channels); None = all channels alike (plain means,
             the spec).
         hu_windows: the ``[[lo, hi], ...]`` windows of the channels; needed by ``class_bias`` and
             ``edge``.
@@ -57,6 +59,7 @@ class ReconstructionLoss:
         class_min_voxels: a class counts in a sample from this many voxels on.
         edge_threshold: in-plane gradient (HU per pixel, central differences of the smoothed target)
             from which a voxel weighs fully in the ``edge`` term; below it in proportion.
+        lowpass_sigma: in-plane Gaussian sigma (pixels) of the ``lowpass`` term's blur.
 
     ``loss(recon, target) -> (total, {term: float})`` with ``(B, C, T, H, W)`` inputs; the terms
     are computed in float32 whatever the autocast precision.
@@ -76,6 +79,8 @@ class ReconstructionLoss:
         class_min_voxels: int = 64,
         edge: float = 0.0,
         edge_threshold: float = 20.0,
+        lowpass: float = 0.0,
+        lowpass_sigma: float = 1.0,
     ) -> None:
         if channel_weights is not None:
             channel_weights = torch.as_tensor(channel_weights, dtype=torch.float32).flatten()
@@ -83,7 +88,8 @@ class ReconstructionLoss:
                 raise ValueError(f"channel_weights must be >= 0 with a positive sum, got {channel_weights.tolist()}.")
         self.channel_weights = channel_weights
         self.weights = {"l1": float(l1), "ssim": float(ssim), "gradient": float(gradient), "frequency": float(frequency),
-                        "mse": float(mse), "class_bias": float(class_bias), "edge": float(edge)}
+                        "mse": float(mse), "class_bias": float(class_bias), "edge": float(edge),
+                        "lowpass": float(lowpass)}
         if any(w < 0 for w in self.weights.values()):
             raise ValueError(f"reconstruction loss weights must be >= 0, got {self.weights}.")
         if not any(self.weights.values()):
@@ -94,12 +100,15 @@ class ReconstructionLoss:
             raise ValueError("edge needs hu_windows: the target's HU gradient picks the edge voxels.")
         if not edge_threshold > 0:
             raise ValueError(f"edge_threshold must be > 0 HU per pixel, got {edge_threshold}.")
+        if lowpass > 0 and not lowpass_sigma > 0:
+            raise ValueError(f"lowpass_sigma must be > 0 pixels for the lowpass term, got {lowpass_sigma}.")
         if class_smoothing < 1 or class_smoothing % 2 == 0:
             raise ValueError(f"class_smoothing must be an odd number of pixels >= 1, got {class_smoothing}.")
         self.hu_windows = HUWindows(hu_windows) if hu_windows is not None else None
         self.class_smoothing = int(class_smoothing)
         self.class_min_voxels = int(class_min_voxels)
         self.edge_threshold = float(edge_threshold)
+        self.lowpass_sigma = float(lowpass_sigma)
         self._ssim = SSIMLoss(spatial_dims=2, data_range=2.0, win_size=7, kernel_sigma=1.5) if ssim > 0 else None
 
     def __call__(self, recon: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -125,6 +134,8 @@ class ReconstructionLoss:
             values["frequency"] = self._mean(diff.abs())
         if self.weights["mse"]:
             values["mse"] = self._mean((recon - target).square())
+        if self.weights["lowpass"]:
+            values["lowpass"] = self._mean(inplane_lowpass(recon - target, self.lowpass_sigma).square())
         # the smoothed target's HU, once for both terms that read the anatomy
         hu = self._smoothed_hu(target) if self.weights["class_bias"] or self.weights["edge"] else None
         if self.weights["class_bias"]:

@@ -187,3 +187,28 @@ def test_edge_needs_the_windows_and_a_positive_threshold():
         ReconstructionLoss(edge=1)
     with pytest.raises(ValueError, match="edge_threshold"):
         ReconstructionLoss(edge=1, hu_windows=WINDOWS, edge_threshold=0)
+
+
+def test_lowpass_term_pays_a_lost_lesion_contrast_more_than_white_noise_of_the_same_squared_error():
+    """The same mean squared error twice: a faint disc's contrast lost (a low-band error), and
+    pixel noise. The lowpass term keeps most of the first and ~1/(4 pi sigma^2) of the second."""
+    sigma = 1.0
+    target = torch.zeros((1, 1, 8, 48, 48))
+    yy, xx = torch.meshgrid(torch.arange(48), torch.arange(48), indexing="ij")
+    disc = ((yy - 23.5) ** 2 + (xx - 23.5) ** 2 < 3.0**2).float()
+    target = target + 0.05 * disc  # the lesion
+    lost = torch.zeros_like(target)  # its contrast gone
+    noisy = target + (lost - target).square().mean().sqrt() * torch.randn(target.shape, generator=torch.Generator().manual_seed(0))
+    loss = ReconstructionLoss(l1=0, mse=1, lowpass=1, lowpass_sigma=sigma)
+    _, on_lesion = loss(lost, target)
+    _, on_noise = loss(noisy, target)
+    assert on_lesion["mse"] == pytest.approx(on_noise["mse"], rel=0.05)
+    assert on_lesion["lowpass"] > 0.5 * on_lesion["mse"]
+    assert on_noise["lowpass"] == pytest.approx(on_noise["mse"] / (4 * torch.pi * sigma**2), rel=0.2)
+    assert loss(target, target)[1]["lowpass"] == 0.0
+
+
+def test_lowpass_needs_a_positive_sigma():
+    with pytest.raises(ValueError, match="lowpass_sigma"):
+        ReconstructionLoss(lowpass=1, lowpass_sigma=0)
+    assert ReconstructionLoss(lowpass=0, lowpass_sigma=0).weights["lowpass"] == 0.0  # off: not read
