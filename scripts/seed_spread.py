@@ -34,6 +34,7 @@ MEASURES = (
     ("noise sigma / full dose", 2, lambda r: r["noise"]["sigma_rel"]),
     ("NPS mean freq / full dose", 2, lambda r: r["noise"]["nps_mean_frequency_rel"]),
     ("TTF50 / full dose", 2, lambda r: r["ttf50"]["mean_rel"]),
+    ("lesion contrast kept", 2, lambda r: r["lesion_summary"]["contrast_kept"]),
     ("lesion d'", 2, lambda r: r["lesion_summary"]["d_prime"]),
     ("ideal observer's d', one slice (input: the bound)", 2, lambda r: r["lesion_summary"]["d_prime_ideal"]),
     ("ideal observer's d', 3D (input: the bound)", 2, lambda r: r["lesion_summary"]["d_prime_ideal_3d"]),

@@ -372,7 +372,7 @@ def summarise_physics(volumes: list[dict]) -> dict[str, Any]:
                               for k in ("bias", "rmse")} for i in inserts}
     for group, keys in (("noise", ("sigma", "sigma_rel", "nps_mean_frequency", "nps_mean_frequency_rel")),
                         ("ttf50", ("mean", "mean_rel")),
-                        ("lesion_summary", ("cnr", "d_prime", "cnr_rel", "d_prime_rel"))):
+                        ("lesion_summary", ("cnr", "d_prime", "cnr_rel", "d_prime_rel", "contrast_kept"))):
         present = [v[group] for v in volumes if group in v]
         if present:
             out[group] = {k: _nanmean(p.get(k) for p in present) for k in keys}

@@ -277,8 +277,8 @@ def physics_tables(results: dict[str, Any]) -> list[str]:
         lines.append("")
     lines += ["## Noise, texture, resolution, low contrast", "",
               "| method | noise σ (HU) | σ / full dose | NPS mean freq (1/mm) | / full dose | TTF50 (lp/mm) | / full dose "
-              "| lesion CNR | lesion d' | d' / full dose | flag |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| lesion CNR | lesion contrast kept | lesion d' | d' / full dose | flag |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     ideal = rows.get("identity", {}).get("lesion_summary", {})
     bound = ideal.get("d_prime_ideal_3d")  # over every slice: a bound for any method
     for name, r in rows.items():
@@ -292,6 +292,8 @@ def physics_tables(results: dict[str, Any]) -> list[str]:
             flags.append(f"d' above the ideal observer's on the input ({limit:.2f})")
         if noise.get("sigma_rel", 1) < 0.8:  # it can win PSNR against the full-dose scan by smoothing
             flags.append(f"smoother than full dose (σ ×{noise['sigma_rel']:.2f})")
+        if lesion.get("contrast_kept", 1) < 0.8:  # quieter by smoothing faint lesions away
+            flags.append(f"loses lesion contrast (×{lesion['contrast_kept']:.2f})")
         if abs(noise.get("nps_mean_frequency_rel", 1) - 1) > 0.15:
             flags.append(f"other texture (NPS mean frequency ×{noise['nps_mean_frequency_rel']:.2f})")
         flag = "; ".join(flags)
@@ -299,11 +301,13 @@ def physics_tables(results: dict[str, Any]) -> list[str]:
             f"| {name} | {_fmt(noise.get('sigma'), '{:.2f}')} | {_fmt(noise.get('sigma_rel'), '{:.2f}')} | "
             f"{_fmt(noise.get('nps_mean_frequency'), '{:.3f}')} | {_fmt(noise.get('nps_mean_frequency_rel'), '{:.2f}')} | "
             f"{_fmt(ttf.get('mean'), '{:.3f}')} | {_fmt(ttf.get('mean_rel'), '{:.2f}')} | {_fmt(lesion.get('cnr'), '{:.2f}')} | "
+            f"{_fmt(lesion.get('contrast_kept'), '{:.2f}')} | "
             f"{_fmt(lesion.get('d_prime'), '{:.2f}')} | {_fmt(lesion.get('d_prime_rel'), '{:.2f}')} | {flag} |"
         )
     lines += ["", "Noise: the output minus the clean truth in flat ROIs, each ROI's mean removed (the full-dose row: "
               "its own noise); NPS mean frequency: power-weighted over the 2D spectrum. Flags: a row with under 80 % of "
-              "the full-dose scan's noise (it can win PSNR by smoothing) or an NPS mean frequency off by more than 15 %. TTF50: at the edges of the QA inserts of at least "
+              "the full-dose scan's noise (it can win PSNR by smoothing), one that keeps under 80 % of the lesions' contrast (the "
+              "slope of its lesion contrasts on the clean truth's, in the same ROIs) or an NPS mean frequency off by more than 15 %. TTF50: at the edges of the QA inserts of at least "
               "90 HU contrast against the body around them. Lesions: the demo's liver lesions and the QA discs; d' of the non-prewhitening "
               "observer with the measured contrast, the row's NPS and (QA) its TTF. Means over the test volumes "
               "that have each measure.", ""]

@@ -129,6 +129,10 @@ def test_outputs_of_the_run(evaluation_run):
     assert physics["methods"]["identity"]["noise"]["sigma_rel"] > 1.2
     assert physics["methods"]["gaussian"]["noise"]["sigma"] < physics["methods"]["identity"]["noise"]["sigma"]
     assert physics["methods"]["gaussian"]["noise"]["nps_mean_frequency_rel"] < physics["methods"]["identity"]["noise"]["nps_mean_frequency_rel"]
+    # the full-dose scan keeps the lesions' contrast (up to its noise: the tiny volumes' lesions are a
+    # few voxels, 1.6 measured); the report has the column
+    assert 0.5 < physics["methods"]["full_dose"]["lesion_summary"]["contrast_kept"] < 2.5
+    assert "lesion contrast kept" in report
     assert sorted(physics["sweep"], key=float) == ["0.05", "0.1", "0.25", "0.5"]
     sigma = [physics["sweep"][d]["identity"]["noise"]["sigma"] for d in ("0.5", "0.25", "0.1", "0.05")]
     assert sigma == sorted(sigma)  # lower dose, more noise

@@ -85,6 +85,20 @@ def test_ideal_observer_sums_the_slices_a_lesion_crosses(edge_case):
     assert "d_prime_ideal" not in physics.measure(noisy)["lesions"][0]
 
 
+def test_contrast_kept_is_the_share_of_the_lesions_contrast_an_output_keeps(edge_case):
+    """A smoother that halves the lesion's contrast keeps 0.5 of it, however quiet its output;
+    the clean truth keeps all of it."""
+    physics, clean, _ = edge_case
+    assert physics.measure(clean)["lesion_summary"]["contrast_kept"] == pytest.approx(1.0, abs=1e-9)
+    labels = np.rint(physics.truth.labels)
+    liver = np.where(labels == LABELS["lesion"], 60.0, clean)  # the lesion painted over with its organ
+    halved = liver + 0.5 * (clean - liver)
+    summary = physics.measure(halved)["lesion_summary"]
+    assert summary["contrast_kept"] == pytest.approx(0.5, abs=0.02)
+    assert physics.measure(halved)["lesions"][0]["contrast_truth"] == pytest.approx(
+        physics.measure(clean)["lesions"][0]["contrast_measured"])
+
+
 def test_a_qa_disc_runs_through_every_slice():
     labels = np.full(SHAPE, LABELS["water"], np.uint8)
     disc = {"centre": (6, 32, 32), "radius_mm": 4.0, "contrast_hu": 10.0, "host": LABELS["water"],
