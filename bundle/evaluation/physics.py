@@ -18,8 +18,9 @@ texture and resolution) and then :meth:`VolumePhysics.measure` scores an output:
   TTF); in the summary also ``contrast_kept``, the share of the lesions' contrast (measured in the
   same ROIs of the clean truth, else the full-dose scan) that the output keeps: the least-squares
   slope of its contrasts on the truth's, 1 = all kept, so a row that lowers noise by smoothing faint
-  lesions away shows it even where its d' still beats the input's; on the input and the full-dose scan (``ideal=True``) also the prewhitening observer's
-  with the nominal contrast: the ideal observer's d' on a linear system's image, which no
+  lesions away shows it even where its d' still beats the input's; on the input and the
+  full-dose scan (``ideal=True``) also the prewhitening observer's with the nominal contrast:
+  the ideal observer's d' on a linear system's image, which no
   processing of it can raise, so the input's bounds every enhancer's. ``d_prime_ideal`` on the
   lesion's central slice (the bound for processing one slice at a time), ``d_prime_ideal_3d``
   over every slice the lesion crosses (the bound for any method: the simulator's slices carry
