@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 
-import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform

@@ -1,0 +1,107 @@
+"""Screen trained models on the physics measures a decision rule reads, one row per model and volume.
+
+Per model: the ``no_diffusion`` output (the model's output formula decoded from the source's own
+latent; the DDIM rows of the evaluation match it within 0.1 dB at 25 % dose, docs/quality.md) is
+computed once per volume with the output's low band the model's own, then each
+``source_lowpass_sigma`` of ``--sigmas`` is applied to it (``keep_source_low_frequencies`` is
+linear and applied after decoding, so this equals the enhancer with that setting) and scored by
+the evaluation's ``VolumePhysics`` against the clean truth: key-window PSNR, lesion d' (NPW),
+``contrast_kept``, the largest QA insert |bias|, the bone bias, noise sigma and NPS mean
+frequency relative to the full-dose scan. Volumes need the simulation's truth (demo data).
+Several seeds of one arm at a time: the table ends with each column's mean per arm and sigma.
+Run from the bundle root, alone (one model takes ~30 s per demo volume on 2 CPU cores):
+
+    python scripts/physics_screen.py --datalist data/demo_qa/datalist.json --split validation \\
+        --model runs/a_s0/model.pt runs/a_s1/model.pt --model runs/b_s0/model.pt runs/b_s1/model.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+import torch
+
+
+def scores(measured: dict, window: str) -> dict:
+    """The rule's numbers from one ``VolumePhysics.measure`` result."""
+    lesions = measured.get("lesion_summary", {})
+    inserts = [abs(v["bias"]) for v in measured.get("inserts", {}).values()]
+    return {
+        "psnr": measured["vs_clean"][window]["psnr"],
+        "d_prime": lesions.get("d_prime", math.nan),
+        "contrast_kept": lesions.get("contrast_kept", math.nan),
+        "insert_bias": max(inserts) if inserts else math.nan,
+        "bone_bias": measured["hu"].get("bone", {}).get("bias", math.nan),
+        "noise": measured["noise"]["sigma_rel"],
+        "nps_frequency": measured["noise"]["nps_mean_frequency_rel"],
+    }
+
+
+def main() -> None:
+    from monai.bundle import ConfigParser
+
+    import bundle.data.datalist
+    from bundle.evaluation.evaluate import as_pair
+    from bundle.evaluation.physics import Truth, VolumePhysics, objects_in_layout
+    from bundle.inference import CTEnhancer
+    from bundle.inference.low_frequency import keep_source_low_frequencies
+
+    args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    args.add_argument("--datalist", default="data/demo_qa/datalist.json")
+    args.add_argument("--split", default="validation")
+    args.add_argument("--model", nargs="+", action="append", required=True,
+                      help="one arm's model files (its seeds); repeat --model for each arm")
+    args.add_argument("--sigmas", type=float, nargs="+", default=[3.0], help="source_lowpass_sigma values (px)")
+    args.add_argument("--window", type=float, nargs=2, default=(-160.0, 240.0))
+    opts = args.parse_args()
+    torch.set_grad_enabled(False)
+    window = f"[{opts.window[0]:g},{opts.window[1]:g}]"
+    parser = ConfigParser()
+    parser.read_config("configs/common.yaml")
+    transform = parser.get_parsed_content("val_transforms")
+
+    volumes = []
+    for index, item in enumerate(bundle.data.datalist.load_datalist(opts.datalist, opts.split)):
+        pair = as_pair(transform(item), index)
+        if pair.clean is None:
+            raise SystemExit(f"{opts.datalist}: {pair.patient} has no clean truth; this screen needs simulated data")
+        lesions, inserts = objects_in_layout(pair.objects, pair.affine) if pair.objects else ([], [])
+        truth = Truth(pixel_mm=pair.spacing[1], slice_mm=pair.spacing[0], clean=pair.clean[0].numpy(),
+                      labels=None if pair.labels is None else pair.labels[0].numpy(), lesions=lesions, inserts=inserts)
+        volumes.append((pair, VolumePhysics(pair.target[0].numpy(), truth, [tuple(opts.window)])))
+
+    columns = ["psnr", "d_prime", "contrast_kept", "insert_bias", "bone_bias", "noise", "nps_frequency"]
+    print(f"{opts.split} split of {opts.datalist}; key window {window}; no_diffusion output\n")
+    print("| arm | model | sigma | volume | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 4) + "|")
+    for pair, physics in volumes:
+        full = physics.full_dose.get("lesion_summary", {})
+        print(f"| full-dose scan | - | - | {pair.patient} | | {full.get('d_prime', math.nan):.2f} "
+              f"| {full.get('contrast_kept', math.nan):.2f} | | | 1.000 | 1.000 |")
+    summary = []
+    for arm, paths in enumerate(opts.model):
+        rows = {}
+        for path in paths:
+            enhancer = CTEnhancer.from_file(path, source_lowpass_sigma=0.0).eval()
+            for pair, physics in volumes:
+                own = enhancer.ceiling(pair.source, pair.source).reshape(pair.source.shape).float()
+                for sigma in opts.sigmas:
+                    output = keep_source_low_frequencies(own, pair.source.float(), sigma)
+                    row = scores(physics.measure(output.numpy().reshape(physics.target.shape)), window)
+                    rows.setdefault((sigma, pair.patient), []).append(row)
+                    print(f"| {arm} | {path} | {sigma:g} | {pair.patient} | "
+                          + " | ".join(f"{row[c]:.3f}" if c in ("noise", "nps_frequency") else f"{row[c]:.2f}"
+                                       for c in columns) + " |", flush=True)
+        for (sigma, patient), values in rows.items():
+            means = {c: float(np.mean([v[c] for v in values])) for c in columns}
+            summary.append(f"| {arm} | mean of {len(values)} | {sigma:g} | {patient} | "
+                           + " | ".join(f"{means[c]:.3f}" if c in ("noise", "nps_frequency") else f"{means[c]:.2f}"
+                                        for c in columns) + " |")
+    print("\n".join(["", "| arm | model | sigma | volume | " + " | ".join(columns) + " |",
+                     "|---" * (len(columns) + 4) + "|", *summary]))
+
+
+if __name__ == "__main__":
+    main()
