@@ -4,7 +4,9 @@ Why (docs/quality.md, "Why the d' stays under the full-dose scan's"): trained on
 the enhancer keeps under half of the demo test volume's liver-lesion contrast. The squared error's
 optimum shrinks what the training data rarely shows, and the demo's eight training volumes hold
 about thirty lesions. Inserting more faint lesions into the crops changes that prior, so the
-optimum keeps a faint blob instead of smoothing it into the parenchyma.
+optimum might keep a faint blob instead of smoothing it into the parenchyma. Measured with three
+seeds at 0.5 (docs/quality.md, "Lesion insertion"): it does not (the same contrast kept, d' within
+the seeds' spread), but it lowers the QA inserts' HU bias; the setting stays off by default.
 
 Physics: a lesion of a few tens of HU changes attenuation by a few percent, so the quantum noise
 around it barely changes; adding the same blob to the low-dose source and the full-dose target
