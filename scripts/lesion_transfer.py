@@ -1,0 +1,98 @@
+"""How much of a faint lesion's contrast a model passes through, by lesion size and contrast.
+
+Spheres of one radius and one contrast are added to a validation volume's low-dose SOURCE only, in
+soft tissue of the clean truth (30-90 HU, away from its edges), far enough apart not to touch; the
+model enhances the source with and without them. The difference of the two outputs is the model's
+response to the lesions alone (the noise is the same in both, so it mostly cancels), and its mean
+over each sphere's core (60 % of the radius) over the contrast added is the transfer: 1 keeps the
+lesion, 0 smooths it away. The `no_diffusion` output is used (the DDIM rows match it within 0.1 dB),
+at each model's stored ``source_lowpass_sigma``. Run from the bundle root, alone:
+
+    python scripts/lesion_transfer.py --model runs/q8/edge50_s0/model.pt runs/q10/les50_s0/model.pt \\
+        --datalist data/demo_qa/datalist.json --patient demo004
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+
+def sphere_centres(tissue: np.ndarray, spacing, radius_mm: float, count: int, rng) -> list[tuple[int, int, int]]:
+    """Up to ``count`` voxels of ``tissue`` at least 3 radii (and 15 mm) apart, in random order."""
+    centres = []
+    candidates = np.argwhere(tissue)
+    gap = max(3 * radius_mm, 15.0)
+    for index in rng.permutation(len(candidates)):
+        point = candidates[index] * np.asarray(spacing)
+        if all(np.linalg.norm(point - np.asarray(c) * spacing) >= gap for c in centres):
+            centres.append(tuple(int(v) for v in candidates[index]))
+            if len(centres) == count:
+                break
+    return centres
+
+
+def distance_mm(shape, centre, spacing) -> np.ndarray:
+    grids = [(np.arange(n) - c) * s for n, c, s in zip(shape, centre, spacing)]
+    return np.sqrt(grids[0][:, None, None] ** 2 + grids[1][None, :, None] ** 2 + grids[2][None, None, :] ** 2)
+
+
+def main() -> None:
+    from monai.bundle import ConfigParser
+
+    import bundle.data.datalist
+    from bundle.inference import CTEnhancer
+
+    args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    args.add_argument("--model", nargs="+", required=True)
+    args.add_argument("--datalist", default="data/demo_qa/datalist.json")
+    args.add_argument("--split", default="validation")
+    args.add_argument("--patient", default="demo004")
+    args.add_argument("--radii", type=float, nargs="+", default=[2.5, 5.0, 10.0], help="mm")
+    args.add_argument("--contrasts", type=float, nargs="+", default=[5.0, 10.0, 20.0], help="HU")
+    args.add_argument("--count", type=int, default=10, help="spheres per volume")
+    opts = args.parse_args()
+    torch.set_grad_enabled(False)
+    parser = ConfigParser()
+    parser.read_config("configs/common.yaml")
+    items = [i for i in bundle.data.datalist.load_datalist(opts.datalist, opts.split) if i.get("patient") == opts.patient]
+    if not items or "clean" not in items[0]:
+        raise SystemExit(f"{opts.datalist}: no {opts.patient!r} with clean truth in its {opts.split!r} list")
+    data = parser.get_parsed_content("val_transforms")(items[0])
+    source = data["source"].as_tensor().float()
+    clean = data["clean"].as_tensor().float()[0].numpy()
+    spacing = tuple(float(v) for v in data["source"].pixdim)
+    soft = (clean > 30) & (clean < 90)
+
+    print(f"{opts.patient} ({opts.split}), {opts.count} spheres per run in the source only; transfer = output "
+          f"response / contrast added, core 60 % of the radius\n")
+    print("| model | radius (mm) | " + " | ".join(f"{c:g} HU" for c in opts.contrasts) + " |")
+    print("|---|---|" + "---|" * len(opts.contrasts))
+    for path in opts.model:
+        enhancer = CTEnhancer.from_file(path).eval()
+        base = enhancer.ceiling(source, source).reshape(source.shape)[0].numpy()
+        for radius in opts.radii:
+            margin = int(np.ceil(radius / min(spacing[1:]))) + 3
+            tissue = ndimage.binary_erosion(soft, np.ones((1, 2 * margin + 1, 2 * margin + 1), bool))
+            edge_slices = int(np.ceil(radius / spacing[0]))  # whole spheres only: none cut by the volume's ends
+            tissue[:edge_slices] = False
+            tissue[-edge_slices:] = False
+            centres = sphere_centres(tissue, spacing, radius, opts.count, np.random.default_rng(0))
+            distances = [distance_mm(clean.shape, c, spacing) for c in centres]
+            shape = np.zeros_like(clean)
+            for d in distances:
+                shape += np.clip((radius - d) / min(spacing[1:]) + 0.5, 0.0, 1.0)
+            cells = []
+            for contrast in opts.contrasts:
+                lesioned = source + torch.from_numpy(contrast * shape)[None]
+                response = enhancer.ceiling(lesioned, lesioned).reshape(source.shape)[0].numpy() - base
+                transfer = [response[d < 0.6 * radius].mean() / contrast for d in distances]
+                cells.append(f"{np.mean(transfer):.2f} +- {np.std(transfer):.2f}")
+            print(f"| {path} | {radius:g} ({len(centres)} spheres) | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
