@@ -44,6 +44,7 @@ def main() -> None:
     from monai.bundle import ConfigParser
 
     import bundle.data.datalist
+    from bundle.data.lesions import sphere_profile
     from bundle.inference import CTEnhancer
 
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -82,12 +83,10 @@ def main() -> None:
             tissue[-edge_slices:] = False
             centres = sphere_centres(tissue, spacing, radius, opts.count, np.random.default_rng(0))
             distances = [distance_mm(clean.shape, c, spacing) for c in centres]
-            shape = np.zeros_like(clean)
-            for d in distances:
-                shape += np.clip((radius - d) / min(spacing[1:]) + 0.5, 0.0, 1.0)
+            shape = sum(sphere_profile(clean.shape, c, radius, spacing, min(spacing[1:])) for c in centres)
             cells = []
             for contrast in opts.contrasts:
-                lesioned = source + torch.from_numpy(contrast * shape)[None]
+                lesioned = source + contrast * shape[None]
                 response = enhancer.ceiling(lesioned, lesioned).reshape(source.shape)[0].numpy() - base
                 transfer = [response[d < 0.6 * radius].mean() / contrast for d in distances]
                 cells.append(f"{np.mean(transfer):.2f} +- {np.std(transfer):.2f}")

@@ -23,6 +23,14 @@ import math
 import numpy as np
 import torch
 
+COLUMNS = ["psnr", "d_prime", "contrast_kept", "insert_bias", "bone_bias", "noise", "nps_frequency"]
+
+
+def table_row(labels, values: dict) -> str:
+    """One markdown row: the labels, then each column (ratios to 3 decimals, the rest to 2)."""
+    cells = [f"{values[c]:.3f}" if c in ("noise", "nps_frequency") else f"{values[c]:.2f}" for c in COLUMNS]
+    return "| " + " | ".join([*map(str, labels), *cells]) + " |"
+
 
 def scores(measured: dict, window: str) -> dict:
     """The rule's numbers from one ``VolumePhysics.measure`` result."""
@@ -43,8 +51,7 @@ def main() -> None:
     from monai.bundle import ConfigParser
 
     import bundle.data.datalist
-    from bundle.evaluation.evaluate import as_pair
-    from bundle.evaluation.physics import Truth, VolumePhysics, objects_in_layout
+    from bundle.evaluation.evaluate import as_pair, pair_physics
     from bundle.inference import CTEnhancer
     from bundle.inference.low_frequency import keep_source_low_frequencies
 
@@ -67,15 +74,11 @@ def main() -> None:
         pair = as_pair(transform(item), index)
         if pair.clean is None:
             raise SystemExit(f"{opts.datalist}: {pair.patient} has no clean truth; this screen needs simulated data")
-        lesions, inserts = objects_in_layout(pair.objects, pair.affine) if pair.objects else ([], [])
-        truth = Truth(pixel_mm=pair.spacing[1], slice_mm=pair.spacing[0], clean=pair.clean[0].numpy(),
-                      labels=None if pair.labels is None else pair.labels[0].numpy(), lesions=lesions, inserts=inserts)
-        volumes.append((pair, VolumePhysics(pair.target[0].numpy(), truth, [tuple(opts.window)])))
+        volumes.append((pair, pair_physics(pair, [tuple(opts.window)])))
 
-    columns = ["psnr", "d_prime", "contrast_kept", "insert_bias", "bone_bias", "noise", "nps_frequency"]
+    header = ["| arm | model | sigma | volume | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 4) + "|"]
     print(f"{opts.split} split of {opts.datalist}; key window {window}; no_diffusion output\n")
-    print("| arm | model | sigma | volume | " + " | ".join(columns) + " |")
-    print("|---" * (len(columns) + 4) + "|")
+    print("\n".join(header))
     for pair, physics in volumes:
         full = physics.full_dose.get("lesion_summary", {})
         print(f"| full-dose scan | - | - | {pair.patient} | | {full.get('d_prime', math.nan):.2f} "
@@ -91,16 +94,11 @@ def main() -> None:
                     output = keep_source_low_frequencies(own, pair.source.float(), sigma)
                     row = scores(physics.measure(output.numpy().reshape(physics.target.shape)), window)
                     rows.setdefault((sigma, pair.patient), []).append(row)
-                    print(f"| {arm} | {path} | {sigma:g} | {pair.patient} | "
-                          + " | ".join(f"{row[c]:.3f}" if c in ("noise", "nps_frequency") else f"{row[c]:.2f}"
-                                       for c in columns) + " |", flush=True)
+                    print(table_row((arm, path, f"{sigma:g}", pair.patient), row), flush=True)
         for (sigma, patient), values in rows.items():
-            means = {c: float(np.mean([v[c] for v in values])) for c in columns}
-            summary.append(f"| {arm} | mean of {len(values)} | {sigma:g} | {patient} | "
-                           + " | ".join(f"{means[c]:.3f}" if c in ("noise", "nps_frequency") else f"{means[c]:.2f}"
-                                        for c in columns) + " |")
-    print("\n".join(["", "| arm | model | sigma | volume | " + " | ".join(columns) + " |",
-                     "|---" * (len(columns) + 4) + "|", *summary]))
+            means = {c: float(np.mean([v[c] for v in values])) for c in COLUMNS}
+            summary.append(table_row((arm, f"mean of {len(values)}", f"{sigma:g}", patient), means))
+    print("\n".join(["", *header, *summary]))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 
-__all__ = ["RandLesionInsertd"]
+__all__ = ["RandLesionInsertd", "sphere_profile"]
 
 
 def _spacing(image) -> tuple[float, float, float]:
@@ -33,6 +33,17 @@ def _spacing(image) -> tuple[float, float, float]:
     if pixdim is None or len(pixdim) < 3:
         return (1.0, 1.0, 1.0)
     return tuple(float(p) for p in pixdim[:3])
+
+
+def sphere_profile(shape: Sequence[int], centre: Sequence[float], radius_mm: float, spacing: Sequence[float],
+                   edge_mm: float) -> torch.Tensor:
+    """A sphere of ``radius_mm`` at voxel ``centre`` on an (S, H, W) grid of ``spacing`` mm: 1 inside,
+    0 outside, a linear edge ``edge_mm`` wide centred on the radius (float32)."""
+    squared = torch.zeros((), dtype=torch.float32)
+    for axis, (size, middle, step) in enumerate(zip(shape, centre, spacing)):
+        offset = (torch.arange(size, dtype=torch.float32) - float(middle)) * float(step)
+        squared = squared + (offset ** 2).reshape([-1 if a == axis else 1 for a in range(3)])
+    return ((radius_mm - squared.sqrt()) / edge_mm + 0.5).clamp(0.0, 1.0)
 
 
 class RandLesionInsertd(RandomizableTransform, MapTransform):
@@ -87,18 +98,13 @@ class RandLesionInsertd(RandomizableTransform, MapTransform):
         count = int(self.R.randint(self.num_lesions[0], self.num_lesions[1] + 1))
         if not len(candidates) or count == 0:
             return None
-        dz, dy, dx = (float(s) for s in spacing)
-        grids = [torch.arange(n, dtype=torch.float32) for n in tissue.shape]
         added = torch.zeros(tissue.shape, dtype=torch.float32)
-        edge_mm = self.edge_voxels * min(dy, dx)
+        edge_mm = self.edge_voxels * min(float(spacing[1]), float(spacing[2]))
         for _ in range(count):
-            s, h, w = (float(v) for v in candidates[int(self.R.randint(len(candidates)))])
+            centre = candidates[int(self.R.randint(len(candidates)))].tolist()
             radius = float(self.R.uniform(*self.radius_mm))
             contrast = float(self.R.choice([-1.0, 1.0]) * self.R.uniform(*self.contrast_hu))
-            distance = torch.sqrt(((grids[0] - s) * dz)[:, None, None] ** 2
-                                  + ((grids[1] - h) * dy)[None, :, None] ** 2
-                                  + ((grids[2] - w) * dx)[None, None, :] ** 2)
-            added += contrast * ((radius - distance) / edge_mm + 0.5).clamp(0.0, 1.0)
+            added += contrast * sphere_profile(tissue.shape, centre, radius, spacing, edge_mm)
         return (added * tissue)[None]
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:

@@ -39,7 +39,7 @@ from bundle.metrics import (
 )
 from bundle.utils.names import safe_name
 
-__all__ = ["Evaluation", "as_pair", "panel_slice", "summarise_physics", "sweep_datasets"]
+__all__ = ["Evaluation", "as_pair", "pair_physics", "panel_slice", "summarise_physics", "sweep_datasets"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,22 @@ def as_pair(item: dict, index: int = 0) -> Pair:
     return Pair(patient=str(patient), source=plain(item["source"]), target=plain(target),
                 clean=plain(item.get("clean")), labels=plain(item.get("labels")), repeat=plain(item.get("target_repeat")),
                 objects=objects, affine=affine, spacing=spacing)
+
+
+def pair_physics(pair: Pair, windows, min_tissue_fraction: float = 0.05) -> VolumePhysics:
+    """The physicists' measures of one volume: what the simulation knows about it (clean truth,
+    labels, a second full-dose realisation, lesions and QA inserts in the volume's layout)."""
+    spacing = pair.spacing or (1.0, 1.0, 1.0)
+    lesions, inserts = ([], [])
+    if pair.objects is not None and pair.affine is not None:
+        lesions, inserts = objects_in_layout(pair.objects, pair.affine)
+
+    def array(x):
+        return None if x is None else x[0].numpy()
+
+    truth = Truth(pixel_mm=float(spacing[1]), slice_mm=float(spacing[0]), clean=array(pair.clean),
+                  labels=array(pair.labels), repeat=array(pair.repeat), lesions=lesions, inserts=inserts)
+    return VolumePhysics(pair.target[0].numpy(), truth, windows, min_tissue_fraction)
 
 
 def panel_slice(target_hu: torch.Tensor) -> int:
@@ -162,17 +178,7 @@ class Evaluation:
         """The physicists' measures of one test volume (None when switched off)."""
         if not self.physics:
             return None
-        spacing = pair.spacing or (1.0, 1.0, 1.0)
-        lesions, inserts = ([], [])
-        if pair.objects is not None and pair.affine is not None:
-            lesions, inserts = objects_in_layout(pair.objects, pair.affine)
-
-        def array(x):
-            return None if x is None else x[0].numpy()
-
-        truth = Truth(pixel_mm=float(spacing[1]), slice_mm=float(spacing[0]), clean=array(pair.clean),
-                      labels=array(pair.labels), repeat=array(pair.repeat), lesions=lesions, inserts=inserts)
-        return VolumePhysics(pair.target[0].numpy(), truth, self.windows, self.min_tissue_fraction)
+        return pair_physics(pair, self.windows, self.min_tissue_fraction)
 
     # --- the run ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
