@@ -14,6 +14,10 @@ around it barely changes; adding the same blob to the low-dose source and the fu
 placed in soft tissue only (``tissue_hu`` on the target), shaped as spheres in mm (the crop's
 voxel spacing from its metadata) with a one-voxel linear edge, like the demo phantom's
 scanner-blurred spheres.
+
+With ``mask_key`` the transform also writes where it painted: each lesion with a rim of
+``mask_margin_voxels`` (where a denoiser's blur spreads its contrast), 1 there and 0 elsewhere,
+zeros for a crop without lesions. ``ReconstructionLoss``'s ``lesion`` term weighs the error there.
 """
 
 from __future__ import annotations
@@ -59,6 +63,9 @@ class RandLesionInsertd(RandomizableTransform, MapTransform):
         tissue_hu: HU range of the reference where a lesion may sit and where it is painted
             (soft tissue: fat, air, lung and bone are left as they are).
         edge_voxels: width of the linear edge, in in-plane voxels.
+        mask_key: if set, the key of a (1, S, H, W) float32 map of where lesions were painted (with
+            their rim), in every crop (zeros without lesions), for a loss that weighs them.
+        mask_margin_voxels: the rim added to each sphere's radius in the map, in in-plane voxels.
     """
 
     backend = [torch.Tensor]
@@ -73,6 +80,8 @@ class RandLesionInsertd(RandomizableTransform, MapTransform):
         contrast_hu: Sequence[float] = (3.0, 25.0),
         tissue_hu: Sequence[float] = (0.0, 150.0),
         edge_voxels: float = 1.0,
+        mask_key: str | None = None,
+        mask_margin_voxels: float = 2.0,
         allow_missing_keys: bool = False,
     ):
         RandomizableTransform.__init__(self, prob)
@@ -81,17 +90,20 @@ class RandLesionInsertd(RandomizableTransform, MapTransform):
                            ("tissue_hu", tissue_hu)):
             if len(pair) != 2 or pair[0] > pair[1]:
                 raise ValueError(f"{name} must be a (low, high) range with low <= high, got {pair}")
-        if num_lesions[0] < 0 or radius_mm[0] <= 0 or contrast_hu[0] < 0 or edge_voxels <= 0:
-            raise ValueError("num_lesions and contrast_hu must be >= 0, radius_mm and edge_voxels > 0")
+        if num_lesions[0] < 0 or radius_mm[0] <= 0 or contrast_hu[0] < 0 or edge_voxels <= 0 or mask_margin_voxels < 0:
+            raise ValueError("num_lesions, contrast_hu and mask_margin_voxels must be >= 0, radius_mm and edge_voxels > 0")
         self.reference_key = reference_key
         self.num_lesions = (int(num_lesions[0]), int(num_lesions[1]))
         self.radius_mm = (float(radius_mm[0]), float(radius_mm[1]))
         self.contrast_hu = (float(contrast_hu[0]), float(contrast_hu[1]))
         self.tissue_hu = (float(tissue_hu[0]), float(tissue_hu[1]))
         self.edge_voxels = float(edge_voxels)
+        self.mask_key = mask_key
+        self.mask_margin_voxels = float(mask_margin_voxels)
 
-    def lesion_map(self, reference: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor | None:
-        """The HU to add, (1, S, H, W), drawn from this transform's state; None if no soft tissue."""
+    def lesion_map(self, reference: torch.Tensor, spacing: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The HU to add and the map of where (each sphere with its rim), both (1, S, H, W), drawn
+        from this transform's state; None if no soft tissue."""
         plain = reference.as_tensor() if hasattr(reference, "as_tensor") else torch.as_tensor(reference)
         tissue = (plain[0] >= self.tissue_hu[0]) & (plain[0] <= self.tissue_hu[1])
         candidates = torch.nonzero(tissue)
@@ -99,27 +111,33 @@ class RandLesionInsertd(RandomizableTransform, MapTransform):
         if not len(candidates) or count == 0:
             return None
         added = torch.zeros(tissue.shape, dtype=torch.float32)
+        where = torch.zeros(tissue.shape, dtype=torch.float32)
         edge_mm = self.edge_voxels * min(float(spacing[1]), float(spacing[2]))
+        margin_mm = self.mask_margin_voxels * min(float(spacing[1]), float(spacing[2]))
         for _ in range(count):
             centre = candidates[int(self.R.randint(len(candidates)))].tolist()
             radius = float(self.R.uniform(*self.radius_mm))
             contrast = float(self.R.choice([-1.0, 1.0]) * self.R.uniform(*self.contrast_hu))
             added += contrast * sphere_profile(tissue.shape, centre, radius, spacing, edge_mm)
-        return (added * tissue)[None]
+            if self.mask_key is not None:
+                rim = sphere_profile(tissue.shape, centre, radius + margin_mm, spacing, edge_mm)
+                where = torch.maximum(where, (rim > 0).float())
+        return (added * tissue)[None], where[None]
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         self.randomize(None)
-        if not self._do_transform:
-            return d
         reference = d[self.reference_key]
-        added = self.lesion_map(reference, _spacing(reference))
-        if added is None:
+        drawn = self.lesion_map(reference, _spacing(reference)) if self._do_transform else None
+        if self.mask_key is not None:
+            # every crop carries the map (zeros without lesions) so that a batch collates
+            d[self.mask_key] = drawn[1] if drawn is not None else torch.zeros((1, *reference.shape[1:]))
+        if drawn is None:
             return d
+        added = drawn[0]
         for key in self.key_iterator(d):
             if d[key].shape != reference.shape:
                 raise ValueError(f"RandLesionInsertd: {key} has shape {tuple(d[key].shape)}, "
                                  f"{self.reference_key} {tuple(reference.shape)}; lesions need one grid")
             d[key] = d[key] + added.to(device=d[key].device, dtype=d[key].dtype)
         return d
-

@@ -224,7 +224,8 @@ class LatentDiffusionTrainer(RecipeTrainer):
             loss = loss + self.recon_weight * loss_recon + self.kl_weight * loss_kl
             terms.update(loss_recon=float(loss_recon.detach()), loss_kl=float(loss_kl.detach()))
             if getattr(self.vae, "fidelity", None) is not None and self.fidelity_loss_weight > 0:
-                loss_fidelity, _ = self.fidelity_loss(self.vae.decode(z_target, source=source), target)
+                loss_fidelity, _ = self.fidelity_loss(self.vae.decode(z_target, source=source), target,
+                                                      lesion=batch.get("lesion"))
                 loss = loss + self.recon_weight * self.fidelity_loss_weight * loss_fidelity
                 terms["loss_fidelity"] = float(loss_fidelity.detach())
         return loss, terms

@@ -20,6 +20,11 @@ terms push on exactly that, none needs downloaded weights:
   on). A 100 HU fat-water edge counts as much as a bone edge, where the mean squared error pays a
   blurred low-contrast edge only in proportion to its few voxels and its small contrast, and the
   gradient term's finite differences of a noisy target are mostly that noise.
+- ``lesion``: the squared error where synthetic lesions were painted into the crop (the map
+  :class:`bundle.data.lesions.RandLesionInsertd` writes with ``mask_key``, passed as ``lesion=``).
+  A squared-error denoiser keeps a quarter of a 2.5 mm sphere's contrast and half of a 5 mm one's
+  (docs/quality.md, "Lesion transfer"): the loss pays faint small blobs in proportion to their few
+  voxels. This term prices their loss by itself.
 
 ``channel_weights`` weigh the window channels in the L1, gradient and frequency terms. Equal
 weights (the spec) make one unit of error cost the same in every channel, so a HU error costs
@@ -44,11 +49,11 @@ __all__ = ["ReconstructionLoss"]
 class ReconstructionLoss:
     """``l1 * L1 + ssim * (1 - SSIM) + gradient * L1(grad) + frequency * L1(FFT) + mse * MSE
     + class_bias * mean |class mean error| + edge * mean(edge weight * squared error)
-    + lowpass * MSE(G_sigma * error)``.
+    + lowpass * MSE(G_sigma * error) + lesion * mean(lesion map * squared error)``.
 
     Args:
-        l1, ssim, gradient, frequency, mse, class_bias, edge, lowpass: term weights (0 leaves a term out,
-            not even computed).
+        l1, ssim, gradient, frequency, mse, class_bias, edge, lowpass, lesion: term weights (0 leaves a
+            term out, not even computed).
         channel_weights: one weight per channel for the L1, gradient, frequency, MSE, edge, low-pass
             and class bias terms (a weighted mean over channels); None = all channels alike (plain means,
             the spec).
@@ -61,8 +66,9 @@ class ReconstructionLoss:
             from which a voxel weighs fully in the ``edge`` term; below it in proportion.
         lowpass_sigma: in-plane Gaussian sigma (pixels) of the ``lowpass`` term's blur.
 
-    ``loss(recon, target) -> (total, {term: float})`` with ``(B, C, T, H, W)`` inputs; the terms
-    are computed in float32 whatever the autocast precision.
+    ``loss(recon, target, lesion=None) -> (total, {term: float})`` with ``(B, C, T, H, W)`` inputs
+    and ``lesion`` a ``(B, 1, T, H, W)`` map in [0, 1] (needed when ``lesion > 0``); the terms are
+    computed in float32 whatever the autocast precision.
     """
 
     def __init__(
@@ -81,6 +87,7 @@ class ReconstructionLoss:
         edge_threshold: float = 20.0,
         lowpass: float = 0.0,
         lowpass_sigma: float = 1.0,
+        lesion: float = 0.0,
     ) -> None:
         if channel_weights is not None:
             channel_weights = torch.as_tensor(channel_weights, dtype=torch.float32).flatten()
@@ -89,7 +96,7 @@ class ReconstructionLoss:
         self.channel_weights = channel_weights
         self.weights = {"l1": float(l1), "ssim": float(ssim), "gradient": float(gradient), "frequency": float(frequency),
                         "mse": float(mse), "class_bias": float(class_bias), "edge": float(edge),
-                        "lowpass": float(lowpass)}
+                        "lowpass": float(lowpass), "lesion": float(lesion)}
         if any(w < 0 for w in self.weights.values()):
             raise ValueError(f"reconstruction loss weights must be >= 0, got {self.weights}.")
         if not any(self.weights.values()):
@@ -111,13 +118,18 @@ class ReconstructionLoss:
         self.lowpass_sigma = float(lowpass_sigma)
         self._ssim = SSIMLoss(spatial_dims=2, data_range=2.0, win_size=7, kernel_sigma=1.5) if ssim > 0 else None
 
-    def __call__(self, recon: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, recon: torch.Tensor, target: torch.Tensor,
+                 lesion: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.weights["lesion"] and lesion is None:
+            raise ValueError("the lesion loss term needs the crops' lesion maps: train with lesion_insertion > 0 "
+                             "(RandLesionInsertd with mask_key) and pass the batch's map as lesion=.")
         # float32 outside autocast: SSIM's local variances (E[x^2] - E[x]^2) in bfloat16 cancel to
         # negative values and the loss to -inf (measured on the demo)
         with torch.autocast(recon.device.type, enabled=False):
-            return self._terms(recon.float(), target.float())
+            return self._terms(recon.float(), target.float(), None if lesion is None else lesion.float())
 
-    def _terms(self, recon: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def _terms(self, recon: torch.Tensor, target: torch.Tensor,
+               lesion: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
         values = {}
         if self.weights["l1"]:
             values["l1"] = (
@@ -142,6 +154,10 @@ class ReconstructionLoss:
             values["class_bias"] = self._class_bias(recon, target, hu)
         if self.weights["edge"]:
             values["edge"] = self._mean(self._edge_weight(hu) * (recon - target).square())
+        if self.weights["lesion"]:
+            if lesion.shape[0] != recon.shape[0] or lesion.shape[2:] != recon.shape[2:]:
+                raise ValueError(f"lesion map of shape {tuple(lesion.shape)} for a reconstruction of {tuple(recon.shape)}.")
+            values["lesion"] = self._mean(lesion.to(recon.device) * (recon - target).square())
         total = sum(self.weights[k] * v for k, v in values.items())
         return total, {k: float(v.detach()) for k, v in values.items()}
 

@@ -132,7 +132,7 @@ class VAEStage(RecipeTrainer):
             source = x[: batch["source"].shape[0]]
             target = x[batch["source"].shape[0]:]
             recon_fidelity = self.vae.decode(z[source.shape[0]:], source=source)
-            loss_fidelity, fidelity_terms = self.fidelity_loss(recon_fidelity, target)
+            loss_fidelity, fidelity_terms = self.fidelity_loss(recon_fidelity, target, lesion=batch.get("lesion"))
             loss = loss + self.fidelity_loss_weight * loss_fidelity
             terms.update({f"fidelity_{k}": v for k, v in fidelity_terms.items()})
         if self.discriminator is not None:

@@ -100,6 +100,25 @@ def test_draws_are_reproducible_per_seed_and_differ_between_seeds():
     assert not torch.equal(first["target"].as_tensor(), other["target"].as_tensor())
 
 
+def test_the_mask_covers_every_painted_voxel_and_a_rim_and_is_zero_without_lesions():
+    data = pair()
+    out = insert(data, num_lesions=(2, 2), mask_key="lesion", mask_margin_voxels=2.0)
+    painted = ((out["target"] - data["target"]).as_tensor().abs() > 1e-4)[0]
+    where = out["lesion"]
+    assert where.shape == (1, *painted.shape) and where.dtype == torch.float32
+    assert set(torch.unique(where).tolist()) == {0.0, 1.0}
+    assert bool(where[0][painted].eq(1).all())
+    # the rim: 2 in-plane voxels beyond the sphere's edge, so at least a 3x3 in-plane dilation of it
+    dilated = torch.nn.functional.max_pool3d(painted[None, None].float(), (1, 3, 3), stride=1, padding=(0, 1, 1))[0]
+    assert bool(where[dilated.bool()].eq(1).all()) and where.sum() > dilated.sum()
+    assert not insert(data, mask_key="lesion")["lesion"].equal(torch.zeros_like(where))
+    for empty in (insert(data, prob=0.0, mask_key="lesion"), insert(data, num_lesions=(0, 0), mask_key="lesion"),
+                  insert(pair(level=-800.0), mask_key="lesion")):  # no soft tissue
+        assert empty["lesion"].shape == where.shape and not empty["lesion"].any()
+    # the map does not change the draws: the same lesions with or without it
+    torch.testing.assert_close(insert(data, num_lesions=(2, 2))["target"].as_tensor(), out["target"].as_tensor())
+
+
 def test_bad_settings_and_mismatched_grids_say_what_is_wrong():
     with pytest.raises(ValueError, match="radius_mm"):
         RandLesionInsertd(["source", "target"], radius_mm=(10.0, 2.0))
@@ -125,4 +144,10 @@ def test_training_chain_keeps_pairs_aligned_with_lesions_on_or_off(tmp_path, les
         item = lesioned({"source": source, "target": target})
         np.testing.assert_allclose(hu(item["target"]) - hu(item["source"]), 7.0, atol=0.01)
         changed += not np.allclose(hu(item["target"]), hu(reference["target"]), atol=0.01)
+        # the map of where lesions went comes along only when there are lesions to weigh
+        assert ("lesion" in item) == (lesion_insertion > 0)
+        if lesion_insertion > 0:
+            painted = np.abs(hu(item["target"]) - hu(reference["target"])) > 0.01
+            assert item["lesion"].shape == (1, 4, 32, 32) and painted.any()
+            assert (item["lesion"][0].numpy()[painted] == 1).all()
     assert changed == (0 if lesion_insertion == 0 else 10)

@@ -212,3 +212,23 @@ def test_lowpass_needs_a_positive_sigma():
     with pytest.raises(ValueError, match="lowpass_sigma"):
         ReconstructionLoss(lowpass=1, lowpass_sigma=0)
     assert ReconstructionLoss(lowpass=0, lowpass_sigma=0).weights["lowpass"] == 0.0  # off: not read
+
+
+def test_lesion_term_is_the_squared_error_on_the_map_and_needs_the_map():
+    recon, target = _pair()
+    lesion = torch.zeros((2, 1, 8, 32, 32))
+    lesion[:, :, 2:5, 10:20, 10:20] = 1.0
+    loss = ReconstructionLoss(l1=0, mse=1, lesion=10)
+    total, terms = loss(recon, target, lesion=lesion)
+    expected = (lesion * (recon - target).square()).mean()
+    assert terms["lesion"] == pytest.approx(float(expected), rel=1e-5)
+    assert float(total) == pytest.approx(terms["mse"] + 10 * terms["lesion"], rel=1e-5)
+    # an error outside the map costs the term nothing; inside it, its full square
+    outside = target.clone()
+    outside[:, :, 6:, :5, :5] += 0.3
+    assert loss(outside, target, lesion=lesion)[1]["lesion"] == 0.0
+    with pytest.raises(ValueError, match="lesion_insertion"):
+        loss(recon, target)
+    with pytest.raises(ValueError, match="lesion map of shape"):
+        loss(recon, target, lesion=lesion[:, :, :4])
+    assert "lesion" not in ReconstructionLoss()(recon, target, lesion=lesion)[1]  # off: not computed

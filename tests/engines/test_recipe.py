@@ -262,3 +262,21 @@ def test_detached_target_latent_keeps_the_diffusion_loss_off_the_target_path(mak
         grads[detach] = (float(g[:n].abs().sum()), float(g[n:].abs().sum()))  # (source, target)
     assert grads[False][1] > 0 and grads[True][1] == 0
     assert grads[True][0] > 0  # the condition still carries the diffusion loss to the encoder
+
+
+def test_lesion_term_trains_the_path_on_the_crops_lesion_maps(make_parser, tiny_overrides):
+    """--lesion_insertion with fidelity_loss#lesion: the transform's maps reach the path's loss in
+    the VAE stage; the term without insertion says what it needs."""
+    overrides = {**tiny_overrides, "fidelity_channels": [8, 16, 16], "train_fidelity_on": "@fidelity_loss",
+                 "fidelity_loss#lesion": 100.0}
+    parser = make_parser({**overrides, "lesion_insertion": 1.0})
+    stage = parser.get_parsed_content("vae_stage")
+    batch = next(iter(parser.get_parsed_content("train_loader")))
+    assert batch["lesion"].shape[:2] == (batch["target"].shape[0], 1) and batch["lesion"].any()
+    with torch.no_grad():
+        assert stage.compute_loss(batch)[1]["fidelity_lesion"] > 0
+    parser = make_parser(overrides)
+    stage = parser.get_parsed_content("vae_stage")
+    batch = next(iter(parser.get_parsed_content("train_loader")))
+    with pytest.raises(ValueError, match="lesion_insertion > 0"):
+        stage.compute_loss(batch)
