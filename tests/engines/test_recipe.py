@@ -155,8 +155,8 @@ def test_vae_stage_with_adversarial_term_runs_on_slabs(make_parser, tiny_overrid
 def test_validation_shows_the_supervised_cnn_row_when_trained(make_parser, tiny_overrides, tmp_path):
     """Training's validation scores the RED-CNN baseline beside identity, the ceiling and the model
     when its model file exists (and leaves it out, saying why, when it does not)."""
-    from bundle.metrics import volume_metrics
     from bundle.evaluation.redcnn import RedCNN3D, RedCNNEnhancer, load_redcnn
+    from bundle.metrics import volume_metrics
 
     torch.manual_seed(0)
     redcnn_path = tmp_path / "redcnn.pt"
