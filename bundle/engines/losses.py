@@ -23,8 +23,9 @@ terms push on exactly that, none needs downloaded weights:
 - ``lesion``: the squared error where synthetic lesions were painted into the crop (the map
   :class:`bundle.data.lesions.RandLesionInsertd` writes with ``mask_key``, passed as ``lesion=``).
   A squared-error denoiser keeps a quarter of a 2.5 mm sphere's contrast and half of a 5 mm one's
-  (docs/quality.md, "Lesion transfer"): the loss pays faint small blobs in proportion to their few
-  voxels. This term prices their loss by itself.
+  (docs/quality.md, "Lesion insertion"): the loss pays faint small blobs in proportion to their few
+  voxels, and this term prices their loss by itself. At 500 on the demo (lesion voxels 21x) it kept
+  no more of them (docs/quality.md, "A loss on the inserted lesions themselves").
 
 ``channel_weights`` weigh the window channels in the L1, gradient and frequency terms. Equal
 weights (the spec) make one unit of error cost the same in every channel, so a HU error costs
