@@ -6,7 +6,9 @@ model enhances the source with and without them. The difference of the two outpu
 response to the lesions alone (the noise is the same in both, so it mostly cancels), and its mean
 over each sphere's core (60 % of the radius) over the contrast added is the transfer: 1 keeps the
 lesion, 0 smooths it away. The `no_diffusion` output is used (the DDIM rows match it within 0.1 dB),
-at each model's stored ``source_lowpass_sigma``. Run from the bundle root, alone:
+at each model's stored ``source_lowpass_sigma``. Baselines for the same spheres: RED-CNN files
+(``--redcnn``) and non-local means at given ``h`` factors (``--nlm``, the evaluation's filter).
+Run from the bundle root, alone:
 
     python scripts/lesion_transfer.py --model runs/q8/edge50_s0/model.pt runs/q10/les50_s0/model.pt \\
         --datalist data/demo_qa/datalist.json --patient demo004
@@ -40,15 +42,33 @@ def distance_mm(shape, centre, spacing) -> np.ndarray:
     return np.sqrt(grids[0][:, None, None] ** 2 + grids[1][None, :, None] ** 2 + grids[2][None, None, :] ** 2)
 
 
+def methods(opts):
+    """(row name, HU (1, S, H, W) tensor -> (S, H, W) array) for every model and baseline asked for."""
+    from bundle.evaluation.baselines import NonLocalMeans
+    from bundle.evaluation.redcnn import load_redcnn
+    from bundle.inference import CTEnhancer
+
+    for path in opts.model:
+        enhancer = CTEnhancer.from_file(path).eval()
+        yield path, lambda x, e=enhancer: e.ceiling(x, x).reshape(x.shape)[0].numpy()
+    for path in opts.redcnn:
+        redcnn = load_redcnn(path).eval()
+        yield f"RED-CNN {path}", lambda x, r=redcnn: r(x)[0].numpy()
+    for factor in opts.nlm:
+        nlm = NonLocalMeans(h_factor=factor)
+        yield f"NLM h_factor {factor:g}", lambda x, f=nlm: f.enhance(x).hu.reshape(x.shape)[0].numpy()
+
+
 def main() -> None:
     from monai.bundle import ConfigParser
 
     import bundle.data.datalist
     from bundle.data.lesions import sphere_profile
-    from bundle.inference import CTEnhancer
 
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    args.add_argument("--model", nargs="+", required=True)
+    args.add_argument("--model", nargs="+", default=[], help="model.pt files (their no_diffusion output)")
+    args.add_argument("--redcnn", nargs="+", default=[], help="RED-CNN baseline files")
+    args.add_argument("--nlm", type=float, nargs="+", default=[], help="non-local means h factors")
     args.add_argument("--datalist", default="data/demo_qa/datalist.json")
     args.add_argument("--split", default="validation")
     args.add_argument("--patient", default="demo004")
@@ -56,6 +76,8 @@ def main() -> None:
     args.add_argument("--contrasts", type=float, nargs="+", default=[5.0, 10.0, 20.0], help="HU")
     args.add_argument("--count", type=int, default=10, help="spheres per volume")
     opts = args.parse_args()
+    if not (opts.model or opts.redcnn or opts.nlm):
+        args.error("nothing to measure: give --model, --redcnn or --nlm")
     torch.set_grad_enabled(False)
     parser = ConfigParser()
     parser.read_config("configs/common.yaml")
@@ -72,9 +94,8 @@ def main() -> None:
           f"response / contrast added, core 60 % of the radius\n")
     print("| model | radius (mm) | " + " | ".join(f"{c:g} HU" for c in opts.contrasts) + " |")
     print("|---|---|" + "---|" * len(opts.contrasts))
-    for path in opts.model:
-        enhancer = CTEnhancer.from_file(path).eval()
-        base = enhancer.ceiling(source, source).reshape(source.shape)[0].numpy()
+    for name, enhance in methods(opts):
+        base = enhance(source)
         for radius in opts.radii:
             margin = int(np.ceil(radius / min(spacing[1:]))) + 3
             tissue = ndimage.binary_erosion(soft, np.ones((1, 2 * margin + 1, 2 * margin + 1), bool))
@@ -87,10 +108,10 @@ def main() -> None:
             cells = []
             for contrast in opts.contrasts:
                 lesioned = source + contrast * shape[None]
-                response = enhancer.ceiling(lesioned, lesioned).reshape(source.shape)[0].numpy() - base
+                response = enhance(lesioned) - base
                 transfer = [response[d < 0.6 * radius].mean() / contrast for d in distances]
                 cells.append(f"{np.mean(transfer):.2f} +- {np.std(transfer):.2f}")
-            print(f"| {path} | {radius:g} ({len(centres)} spheres) | " + " | ".join(cells) + " |", flush=True)
+            print(f"| {name} | {radius:g} ({len(centres)} spheres) | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":
