@@ -37,11 +37,6 @@ def sphere_centres(tissue: np.ndarray, spacing, radius_mm: float, count: int, rn
     return centres
 
 
-def distance_mm(shape, centre, spacing) -> np.ndarray:
-    grids = [(np.arange(n) - c) * s for n, c, s in zip(shape, centre, spacing)]
-    return np.sqrt(grids[0][:, None, None] ** 2 + grids[1][None, :, None] ** 2 + grids[2][None, None, :] ** 2)
-
-
 def methods(opts):
     """(row name, HU (1, S, H, W) tensor -> (S, H, W) array) for every model and baseline asked for."""
     from bundle.evaluation.baselines import NonLocalMeans
@@ -63,7 +58,7 @@ def main() -> None:
     from monai.bundle import ConfigParser
 
     import bundle.data.datalist
-    from bundle.data.lesions import sphere_profile
+    from bundle.data.lesions import distance_mm, sphere_profile
 
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("--model", nargs="+", default=[], help="model.pt files (their no_diffusion output)")
@@ -94,17 +89,19 @@ def main() -> None:
           f"response / contrast added, core 60 % of the radius\n")
     print("| model | radius (mm) | " + " | ".join(f"{c:g} HU" for c in opts.contrasts) + " |")
     print("|---|---|" + "---|" * len(opts.contrasts))
+    spheres = {}  # radius -> (centres, their distance maps, the spheres' profile): the same for every method
+    for radius in opts.radii:
+        margin = int(np.ceil(radius / min(spacing[1:]))) + 3
+        tissue = ndimage.binary_erosion(soft, np.ones((1, 2 * margin + 1, 2 * margin + 1), bool))
+        edge_slices = int(np.ceil(radius / spacing[0]))  # whole spheres only: none cut by the volume's ends
+        tissue[:edge_slices] = False
+        tissue[-edge_slices:] = False
+        centres = sphere_centres(tissue, spacing, radius, opts.count, np.random.default_rng(0))
+        spheres[radius] = (centres, [distance_mm(clean.shape, c, spacing).numpy() for c in centres],
+                           sum(sphere_profile(clean.shape, c, radius, spacing, min(spacing[1:])) for c in centres))
     for name, enhance in methods(opts):
         base = enhance(source)
-        for radius in opts.radii:
-            margin = int(np.ceil(radius / min(spacing[1:]))) + 3
-            tissue = ndimage.binary_erosion(soft, np.ones((1, 2 * margin + 1, 2 * margin + 1), bool))
-            edge_slices = int(np.ceil(radius / spacing[0]))  # whole spheres only: none cut by the volume's ends
-            tissue[:edge_slices] = False
-            tissue[-edge_slices:] = False
-            centres = sphere_centres(tissue, spacing, radius, opts.count, np.random.default_rng(0))
-            distances = [distance_mm(clean.shape, c, spacing) for c in centres]
-            shape = sum(sphere_profile(clean.shape, c, radius, spacing, min(spacing[1:])) for c in centres)
+        for radius, (centres, distances, shape) in spheres.items():
             cells = []
             for contrast in opts.contrasts:
                 lesioned = source + contrast * shape[None]

@@ -28,7 +28,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 
-__all__ = ["RandLesionInsertd", "sphere_profile"]
+__all__ = ["RandLesionInsertd", "distance_mm", "sphere_profile"]
 
 
 def _spacing(image) -> tuple[float, float, float]:
@@ -39,15 +39,20 @@ def _spacing(image) -> tuple[float, float, float]:
     return tuple(float(p) for p in pixdim[:3])
 
 
-def sphere_profile(shape: Sequence[int], centre: Sequence[float], radius_mm: float, spacing: Sequence[float],
-                   edge_mm: float) -> torch.Tensor:
-    """A sphere of ``radius_mm`` at voxel ``centre`` on an (S, H, W) grid of ``spacing`` mm: 1 inside,
-    0 outside, a linear edge ``edge_mm`` wide centred on the radius (float32)."""
+def distance_mm(shape: Sequence[int], centre: Sequence[float], spacing: Sequence[float]) -> torch.Tensor:
+    """Each voxel's distance in mm from voxel ``centre`` on an (S, H, W) grid of ``spacing`` mm (float32)."""
     squared = torch.zeros((), dtype=torch.float32)
     for axis, (size, middle, step) in enumerate(zip(shape, centre, spacing)):
         offset = (torch.arange(size, dtype=torch.float32) - float(middle)) * float(step)
         squared = squared + (offset ** 2).reshape([-1 if a == axis else 1 for a in range(3)])
-    return ((radius_mm - squared.sqrt()) / edge_mm + 0.5).clamp(0.0, 1.0)
+    return squared.sqrt()
+
+
+def sphere_profile(shape: Sequence[int], centre: Sequence[float], radius_mm: float, spacing: Sequence[float],
+                   edge_mm: float) -> torch.Tensor:
+    """A sphere of ``radius_mm`` at voxel ``centre`` on an (S, H, W) grid of ``spacing`` mm: 1 inside,
+    0 outside, a linear edge ``edge_mm`` wide centred on the radius (float32)."""
+    return ((radius_mm - distance_mm(shape, centre, spacing)) / edge_mm + 0.5).clamp(0.0, 1.0)
 
 
 class RandLesionInsertd(RandomizableTransform, MapTransform):
