@@ -61,6 +61,8 @@ __all__ = [
     "DEMO_SLICE_MM",
     "MANIFEST_NAME",
     "demo_geometry",
+    "demo_patients",
+    "demo_phantom",
     "demo_settings",
     "load_complete_manifest",
     "make_demo_dataset",
@@ -139,6 +141,45 @@ def demo_settings(
     }
 
 
+def demo_patients(settings: dict) -> tuple[list[str], dict[str, list[str]]]:
+    """The patients of a demo dataset made with ``settings``, in the order their seeds are drawn
+    (the index in this list seeds each one's phantom and noise), and their splits."""
+    patients = [f"demo{i:03d}" for i in range(settings["num_volumes"])]
+    splits = split_demo_patients(patients, settings["seed"])
+    if settings["qa_phantom"]:
+        patients.append("qa000")
+        splits["test"].append("qa000")
+    qa_volumes = settings.get("qa_volumes", 0)
+    for k in range(1, qa_volumes + 1):  # after qa000: every earlier volume keeps its index and noise seeds
+        patients.append(f"qa{k:03d}")
+        splits["validation" if k == 1 and qa_volumes >= 2 else "training"].append(f"qa{k:03d}")
+    return patients, splits
+
+
+def _draw_phantom(settings: dict, index: int, patient: str):
+    """Patient ``index`` of the dataset: its phantom and the seed of its (source, target) noise."""
+    shape = (settings["slices"], settings["size"], settings["size"])
+    spacing = tuple(settings["spacing_mm"])
+    phantom_seed, noise_seed = np.random.SeedSequence([settings["seed"], index]).generate_state(2)
+    if patient == "qa000":  # the fixed QA cylinder of every test split
+        phantom = make_qa_phantom(shape=shape, spacing=spacing)
+    elif patient.startswith("qa"):
+        phantom = make_qa_phantom(shape=shape, spacing=spacing, seed=int(phantom_seed))
+    else:
+        phantom = make_phantom(int(phantom_seed), shape=shape, spacing=spacing)
+    return phantom, int(noise_seed)
+
+
+def demo_phantom(settings: dict, patient: str):
+    """The phantom (:class:`bundle.data.phantom.Phantom`) behind one patient of a demo dataset made
+    with ``settings`` (its manifest's), the same one its files were simulated from: more noise
+    realisations of a volume can be drawn from it (``scripts/realisation_spread.py``)."""
+    patients, _ = demo_patients(settings)
+    if patient not in patients:
+        raise ValueError(f"no patient {patient!r} in a demo dataset with these settings; it has {patients}")
+    return _draw_phantom(settings, patients.index(patient), patient)[0]
+
+
 def load_complete_manifest(out: str | Path, settings: dict) -> dict | None:
     """The manifest in ``out`` if it was written with ``settings`` and all its files exist."""
     path = Path(out) / MANIFEST_NAME
@@ -202,14 +243,7 @@ def make_demo_dataset(
 
     spacing, origin, direction = demo_geometry(slices, size)
     affine = _affine_ras(spacing, origin, direction)
-    patients = [f"demo{i:03d}" for i in range(num_volumes)]
-    splits = split_demo_patients(patients, seed)
-    if qa_phantom:
-        patients.append("qa000")
-        splits["test"].append("qa000")
-    for k in range(1, qa_volumes + 1):  # after qa000: every earlier volume keeps its index and noise seeds
-        patients.append(f"qa{k:03d}")
-        splits["validation" if k == 1 and qa_volumes >= 2 else "training"].append(f"qa{k:03d}")
+    patients, splits = demo_patients(settings)
     split_of = {p: split for split, members in splits.items() for p in members}
     dicom_patients = [members[0] for members in (splits["test"], splits["training"]) if members]
     uid_key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -220,13 +254,7 @@ def make_demo_dataset(
     with ThreadPoolExecutor(max_workers=max(1, workers)) as executor:
         for index, patient in enumerate(patients):
             t0 = time.perf_counter()
-            phantom_seed, noise_seed = np.random.SeedSequence([seed, index]).generate_state(2)
-            if patient == "qa000":
-                phantom = make_qa_phantom(shape=(slices, size, size), spacing=spacing)
-            elif patient.startswith("qa"):
-                phantom = make_qa_phantom(shape=(slices, size, size), spacing=spacing, seed=int(phantom_seed))
-            else:
-                phantom = make_phantom(int(phantom_seed), shape=(slices, size, size), spacing=spacing)
+            phantom, noise_seed = _draw_phantom(settings, index, patient)
             t1 = time.perf_counter()
             source, target = simulate_pair(phantom.hu, spacing, dose=dose, seed=int(noise_seed), executor=executor,
                                            reading_i0=reading_i0)

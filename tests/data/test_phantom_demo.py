@@ -163,6 +163,26 @@ def test_demo_writes_what_the_simulation_knows(demo):
     assert sigma[0.5] < sigma[0.1] < sigma[0.05]
 
 
+def test_demo_phantom_redraws_the_anatomy_each_volume_was_simulated_from(demo):
+    """More noise realisations of a volume (scripts/realisation_spread.py) need its phantom: the
+    one redrawn from the manifest's settings scans to the dataset's own clean truth, bit for bit."""
+    from bundle.data.demo import demo_patients, demo_phantom
+    from bundle.data.simulate import noise_free_scan
+    from bundle.data.volume_io import load_ct
+
+    settings = json.loads((demo / "demo.json").read_text())["settings"]
+    datalist = json.loads((demo / "datalist.json").read_text())
+    patients, splits = demo_patients(settings)
+    assert {split: splits[split] for split in ("training", "validation", "test")} == {
+        split: [e["patient"] for e in datalist[split]] for split in ("training", "validation", "test")}
+    for patient in ("qa000", datalist["training"][0]["patient"]):
+        phantom = demo_phantom(settings, patient)
+        clean = noise_free_scan(phantom.hu, settings["spacing_mm"])
+        np.testing.assert_array_equal(clean, load_ct(demo / f"{patient}_clean.nii.gz").hu)
+    with pytest.raises(ValueError, match="no patient 'demo999'.*demo000"):
+        demo_phantom(settings, "demo999")
+
+
 def test_demo_datalist_loads_with_the_datalist_module(demo):
     import bundle.data.datalist as datalist
     for split in ("training", "validation", "test"):
