@@ -58,14 +58,40 @@ def spread(values) -> str:
     return f"{values.mean():.3f} +- {sd:.3f} ({values.min():.3f}..{values.max():.3f})"
 
 
-def main() -> None:
+def draw_pair(item: dict, settings: dict, k: int, transform, dose: float | None = None, phantom=None):
+    """Realisation ``k`` of a demo datalist entry: a new (low-dose, full-dose) pair of its phantom,
+    written and read back through ``transform`` like the dataset's own files, as an evaluation
+    :class:`~bundle.evaluation.methods.Pair` (its clean truth, labels and objects the entry's).
+
+    ``settings``: the dataset manifest's; ``dose``: the low-dose scan's (default: the dataset's);
+    ``phantom``: the entry's, if already drawn (``bundle.data.demo.demo_phantom``)."""
     import nibabel as nib
+
+    from bundle.data.demo import demo_patients, demo_phantom
+    from bundle.data.simulate import simulate_pair
+    from bundle.data.volume_io import save_nifti
+    from bundle.evaluation.evaluate import as_pair
+
+    patient = item["patient"]
+    phantom = demo_phantom(settings, patient) if phantom is None else phantom
+    index = demo_patients(settings)[0].index(patient)
+    seed = int(np.random.SeedSequence([settings["seed"], index, 2, k]).generate_state(1)[0])
+    low, full = simulate_pair(phantom.hu, settings["spacing_mm"], dose=settings["dose"] if dose is None else dose,
+                              seed=seed, reading_i0=settings.get("reading_i0"))
+    affine = nib.load(item["clean"]).affine
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"source": str(Path(tmp) / "source.nii.gz"), "target": str(Path(tmp) / "target.nii.gz")}
+        save_nifti(low, files["source"], affine, dtype=settings["dtype"])
+        save_nifti(full, files["target"], affine, dtype=settings["dtype"])
+        drawn = {**{key: v for key, v in item.items() if key != "target_repeat"}, **files}
+        return as_pair(transform(drawn))
+
+
+def main() -> None:
     from monai.bundle import ConfigParser
 
     import bundle.data.datalist
-    from bundle.data.demo import MANIFEST_NAME, demo_patients, demo_phantom
-    from bundle.data.simulate import simulate_pair
-    from bundle.data.volume_io import save_nifti
+    from bundle.data.demo import MANIFEST_NAME, demo_phantom
     from bundle.evaluation.baselines import NonLocalMeans
     from bundle.evaluation.evaluate import as_pair, pair_physics
     from bundle.evaluation.methods import NoDiffusion
@@ -92,7 +118,6 @@ def main() -> None:
     except (OSError, ValueError, KeyError) as error:
         raise SystemExit(f"{data_dir / MANIFEST_NAME}: no demo dataset manifest ({error}); this needs demo data")
     dose = settings["dose"] if opts.dose is None else opts.dose
-    patients, _ = demo_patients(settings)
     parser = ConfigParser()
     parser.read_config("configs/common.yaml")
     transform = parser.get_parsed_content("val_transforms")
@@ -108,23 +133,13 @@ def main() -> None:
     for item in bundle.data.datalist.load_datalist(opts.datalist, opts.split):
         patient = item["patient"]
         phantom = demo_phantom(settings, patient)
-        index = patients.index(patient)
-        affine = nib.load(item["clean"]).affine
         base = pair_physics(as_pair(transform({k: v for k, v in item.items() if k != "target_repeat"})), window)
         clean_ttf = [task_transfer_function(base.reference, i["centre"], i["radius_mm"], base.truth.pixel_mm).ttf50
                      for i in base.ttf_inserts]
         rows: dict[str, list[dict]] = {name: [] for name in images}
         ratios: dict[str, list[dict]] = {name: [] for name in methods}
         for k in range(opts.realisations):
-            seed = int(np.random.SeedSequence([settings["seed"], index, 2, k]).generate_state(1)[0])
-            low, full = simulate_pair(phantom.hu, settings["spacing_mm"], dose=dose, seed=seed,
-                                      reading_i0=settings.get("reading_i0"))
-            with tempfile.TemporaryDirectory() as tmp:  # written and read back as the dataset's own files
-                save_nifti(low, Path(tmp) / "source.nii.gz", affine, dtype=settings["dtype"])
-                save_nifti(full, Path(tmp) / "target.nii.gz", affine, dtype=settings["dtype"])
-                drawn = {**{key: v for key, v in item.items() if key != "target_repeat"},
-                         "source": str(Path(tmp) / "source.nii.gz"), "target": str(Path(tmp) / "target.nii.gz")}
-                pair = as_pair(transform(drawn))
+            pair = draw_pair(item, settings, k, transform, dose, phantom)
             physics = pair_physics(pair, window)
             rows["full-dose scan"].append(measures(physics.full_dose))
             rows["input"].append(measures(physics.measure(pair.source.numpy())))
