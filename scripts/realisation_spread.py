@@ -17,11 +17,12 @@ docs/quality.md). The noise-free scan's TTF50 is the scanner's resolution withou
 Prints per volume and image the mean, sample standard deviation and range over the realisations
 of lesion d' (NPW), contrast_kept, noise sigma and TTF50, then each model's ratio to the
 full-dose scan of the same realisation (paired) and to the dataset's own full-dose scan (what the
-report divides by). ``--redcnn`` and ``--nlm`` add the baselines (the evaluation's methods). Demo data only (it needs the phantom). Run from the bundle root, alone
-(~25 s per model, volume and realisation on 2 CPU cores):
+report divides by). ``--redcnn`` and ``--nlm`` add the baselines (the evaluation's methods).
+Demo data only (it needs the phantom). Run from the bundle root, alone (~10 s per method, volume
+and realisation on 2 CPU cores: 15 min for docs/quality.md's 8 realisations of 5 methods):
 
-    python scripts/realisation_spread.py --datalist data/demo_qa/datalist.json --realisations 6 \\
-        --model runs/q8/edge50_s0/model.pt runs/q8/edge50_s1/model.pt runs/q8/edge50_s2/model.pt
+    python scripts/realisation_spread.py --datalist data/demo_qa/datalist.json --realisations 8 \\
+        --model runs/q8/edge50_s{0,1,2}/model.pt --redcnn runs/q11/redcnn_s0/redcnn.pt --nlm 1.5
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ def main() -> None:
         base = pair_physics(as_pair(transform({k: v for k, v in item.items() if k != "target_repeat"})), window)
         clean_ttf = [task_transfer_function(base.reference, i["centre"], i["radius_mm"], base.truth.pixel_mm).ttf50
                      for i in base.ttf_inserts]
+        dataset = measures(base.full_dose)
         rows: dict[str, list[dict]] = {name: [] for name in images}
         ratios: dict[str, list[dict]] = {name: [] for name in methods}
         for k in range(opts.realisations):
@@ -148,7 +150,7 @@ def main() -> None:
                 rows[name].append(row)
                 ratios[name].append({
                     **{f"{m}_paired": row[m] / rows["full-dose scan"][-1][m] for m in ("d_prime", "ttf50")},
-                    **{f"{m}_dataset": row[m] / measures(base.full_dose)[m] for m in ("d_prime", "ttf50")},
+                    **{f"{m}_dataset": row[m] / dataset[m] for m in ("d_prime", "ttf50")},
                 })
             for name in images:
                 headline[name].setdefault(k, []).append(rows[name][-1]["d_prime"])
@@ -156,7 +158,6 @@ def main() -> None:
                   + ", ".join(f"{name} d' {rows[name][-1]['d_prime']:.2f}"
                               f" ttf50 {rows[name][-1]['ttf50']:.4f}" for name in images) + "]", flush=True)
 
-        dataset = measures(base.full_dose)
         print(f"\n{patient}: the dataset's full-dose scan d' {dataset['d_prime']:.2f}, TTF50 {dataset['ttf50']:.4f} /mm;"
               f" the noise-free scan's TTF50 {np.mean(clean_ttf) if clean_ttf else math.nan:.4f} /mm\n")
         print("| image | " + " | ".join(MEASURES) + " |")
