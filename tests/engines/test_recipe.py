@@ -280,3 +280,20 @@ def test_lesion_term_trains_the_path_on_the_crops_lesion_maps(make_parser, tiny_
     batch = next(iter(parser.get_parsed_content("train_loader")))
     with pytest.raises(ValueError, match="lesion_insertion > 0"):
         stage.compute_loss(batch)
+
+
+@pytest.mark.parametrize("warmup", [0, 3])
+def test_vae_stage_warms_its_learning_rate_up_when_asked(make_parser, tiny_overrides, warmup):
+    """``vae_warmup_steps``: the VAE stage's rate rises linearly to ``vae_lr`` over that many steps
+    (0: every step at ``vae_lr``, the recipe as it was)."""
+    from ignite.engine import Events
+
+    parser = make_parser({**tiny_overrides, "vae_warmup_steps": warmup, "vae_lr": 1e-3, "vae_epochs": 2})
+    stage = parser.get_parsed_content("vae_stage")
+    optimizer = parser.get_parsed_content("vae_optimizer")
+    rates = []
+    stage.add_event_handler(Events.ITERATION_COMPLETED, lambda _: rates.append(optimizer.param_groups[0]["lr"]))
+    stage.run()
+    assert len(rates) > warmup
+    expected = [1e-3 * min(1.0, (k + 1) / warmup) if warmup else 1e-3 for k in range(len(rates))]
+    assert rates == pytest.approx(expected)
