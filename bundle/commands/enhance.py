@@ -43,6 +43,10 @@ def register(subparsers) -> None:
     parser.add_argument("--fidelity-weight", type=float, default=None,
                         help="scale of a fidelity path's source skips (default: the model's; 0 = the spec "
                              "decoder, more generated detail; docs/fidelity.md)")
+    parser.add_argument("--source-lowpass-sigma", type=float, default=None,
+                        help="in-plane Gaussian sigma (px) below which the output's band is the input's (default: "
+                             "the model's; 0 = all the model's). Lower keeps small inserts' HU levels closer to the "
+                             "input at some cost in lesion detectability (docs/quality.md)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -70,7 +74,8 @@ def run(args) -> int:
         check_strength("--strength", args.strength)
         check_eta("--eta", args.eta)
         check_num_samples("--num-samples", args.num_samples)
-        enhancer, model_version = load_enhancer(args.model, args.device, args.precision, args.fidelity_weight)
+        enhancer, model_version = load_enhancer(args.model, args.device, args.precision, args.fidelity_weight,
+                                                     args.source_lowpass_sigma)
         result = run_batch(
             args.input,
             args.output,

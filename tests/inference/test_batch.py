@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -412,3 +413,29 @@ def test_derived_series_from_an_unsigned_12_bit_implicit_vr_source(tmp_path):
     again = write_derived_series(enhanced, source, tmp_path / "again", settings={"steps": 2, "seed": 7},
                                  model_version="model.pt sha256:0123", software_version="ctv2v test", uid_seed="x")
     assert pydicom.dcmread(again[0]).SeriesInstanceUID == pydicom.dcmread(paths[0]).SeriesInstanceUID
+
+
+def test_source_lowpass_sigma_changes_the_output_and_is_recorded(batch, model, tmp_path, capsys):
+    """``--source-lowpass-sigma``: the user's band replaces the model's, the output changes, the
+    marker records it (so a re-run with another band is not taken as done); a negative one is refused."""
+    input_dir = tmp_path / "input"
+    shutil.copytree(batch["input"] / "nifti", input_dir / "nifti")
+    (default_row,) = [r for r in read_summary(batch["output"]) if r["kind"] == "nifti"]
+    default_marker = batch["output"] / default_row["output"] / DONE_MARKER
+    assert "source_lowpass_sigma" in default_marker.read_text()
+
+    output = tmp_path / "output"
+    assert enhance(input_dir, output, model, "--format", "both", "--num-samples", "2",
+                   "--source-lowpass-sigma", "1.5") == 0
+    (row,) = read_summary(output)
+    marker = json.loads((output / row["output"] / DONE_MARKER).read_text())
+    assert marker["settings"]["source_lowpass_sigma"] == 1.5
+    assert marker["settings"] != json.loads(default_marker.read_text())["settings"]
+    ours = nib.load(str(output / row["output"] / "enhanced.nii.gz")).get_fdata()
+    default = nib.load(str(batch["output"] / default_row["output"] / "enhanced.nii.gz")).get_fdata()
+    assert np.abs(ours - default).max() > 0.5  # HU: the band changed what the output holds
+
+    refused = tmp_path / "refused"
+    assert enhance(input_dir, refused, model, "--source-lowpass-sigma", "-1") == 2
+    assert "--source-lowpass-sigma must be >= 0" in capsys.readouterr().err
+    assert not refused.exists()

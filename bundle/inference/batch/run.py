@@ -302,10 +302,13 @@ def model_version_of(path: str | os.PathLike) -> str:
 
 
 def load_enhancer(model: str | os.PathLike, device: str = "auto", precision: str = "auto",
-                  fidelity_weight: float | None = None) -> tuple[Any, str]:
+                  fidelity_weight: float | None = None,
+                  source_lowpass_sigma: float | None = None) -> tuple[Any, str]:
     """``(CTEnhancer on the device, model_version)``; ``device`` is ``auto``, ``cpu`` or ``cuda``;
     ``precision`` (``auto``: bf16 where native, else fp32; ``fp32``, ``bf16``, ``fp16`` on CUDA) is the autocast of the network calls;
-    ``fidelity_weight`` (None: the model file's) scales a fidelity path's gates (0: spec decoder)."""
+    ``fidelity_weight`` (None: the model file's) scales a fidelity path's gates (0: spec decoder);
+    ``source_lowpass_sigma`` (None: the model file's) is the Gaussian (px) below which the output's
+    band is the source's (0: none of it)."""
     import torch
 
     from bundle.inference.enhancer import CTEnhancer
@@ -316,7 +319,11 @@ def load_enhancer(model: str | os.PathLike, device: str = "auto", precision: str
         raise BatchError("--device cuda but no CUDA device is available")
     if fidelity_weight is not None and fidelity_weight < 0:
         raise BatchError(f"--fidelity-weight must be >= 0, got {fidelity_weight}")
+    if source_lowpass_sigma is not None and not source_lowpass_sigma >= 0:
+        raise BatchError(f"--source-lowpass-sigma must be >= 0 pixels, got {source_lowpass_sigma}")
     settings = {} if fidelity_weight is None else {"fidelity_weight": fidelity_weight}
+    if source_lowpass_sigma is not None:
+        settings["source_lowpass_sigma"] = source_lowpass_sigma
     settings["channels_last"] = True  # 5-12 % faster on CPUs (docs/benchmarks.md); the same numbers
     enhancer = CTEnhancer.from_file(model, precision=precision, **settings).to(device).eval()
     return enhancer, model_version_of(model)
