@@ -28,6 +28,9 @@ def register(subparsers) -> None:
     parser.add_argument("--qa-volumes", type=int, default=0, metavar="N",
                         help="N more QA cylinders drawn at random: the first in validation when N >= 2, the rest in "
                              "training (default 0; the test split is the same either way)")
+    parser.add_argument("--qa-validation", type=int, default=0, metavar="M",
+                        help="M more QA cylinders drawn at random, all in validation, after the --qa-volumes ones "
+                             "(per-insert HU limits need more than one; default 0: every other volume unchanged)")
     parser.add_argument("--reading-i0", type=float, default=None, metavar="PHOTONS",
                         help="photon starvation: full-dose photons per reading of the modelled scanner "
                              "(ctv2v simulate --help; default: none)")
@@ -52,6 +55,7 @@ def run(args) -> int:
             workers=args.workers,
             qa_volumes=args.qa_volumes,
             reading_i0=args.reading_i0,
+            qa_validation=args.qa_validation,
             log=print,
         )
     except ValueError as exc:

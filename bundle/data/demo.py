@@ -18,6 +18,9 @@ its low-dose / full-dose pair (:mod:`bundle.data.simulate`) and writes into OUT:
   materials and layout than ``qa000``): the first in validation when N >= 2, the rest in
   training, so the model sees uniform regions and validation can see it fail on them. The
   patients, their split and every test file are the same as with N = 0;
+* with ``qa_validation`` M > 0, M more random cylinders after those, all in validation: one
+  cylinder is too few to judge a per-insert HU limit (docs/quality.md). Every other volume, its
+  split and its files are the same as with M = 0;
 * with ``reading_i0``, every pair simulated with photon starvation
   (:func:`bundle.data.simulate.simulate_pair`'s ``reading_i0``): the same anatomy, other noise;
 * ``dicom/<patient>/``: the SOURCE as a CT DICOM series, for the first test patient (what the
@@ -110,6 +113,7 @@ def split_demo_patients(patients: list[str], seed: int) -> dict[str, list[str]]:
 def demo_settings(
     num_volumes: int = 8, slices: int = 32, size: int = 128, seed: int = 0, dose: float = 0.25, dtype: str = "int16",
     qa_phantom: bool = True, sweep_doses=SWEEP_DOSES, qa_volumes: int = 0, reading_i0: float | None = None,
+    qa_validation: int = 0,
 ) -> dict:
     """Everything the dataset's content depends on; equal settings mean equal files."""
     if num_volumes < 1 or slices < 1 or size < 16:
@@ -118,6 +122,8 @@ def demo_settings(
         raise ValueError(f"dose must be in (0, 1], got {dose}")
     if qa_volumes < 0:
         raise ValueError(f"qa_volumes must be >= 0, got {qa_volumes}")
+    if qa_validation < 0:
+        raise ValueError(f"qa_validation must be >= 0, got {qa_validation}")
     spacing, _, _ = demo_geometry(slices, size)
     if reading_i0 is not None and not reading_i0 > 0:
         raise ValueError(f"reading_i0 must be positive, got {reading_i0}")
@@ -125,6 +131,8 @@ def demo_settings(
     extra = {"qa_volumes": int(qa_volumes)} if qa_volumes else {}
     if reading_i0 is not None:
         extra["reading_i0"] = float(reading_i0)
+    if qa_validation:
+        extra["qa_validation"] = int(qa_validation)
     return {
         "format": _FORMAT,
         "num_volumes": int(num_volumes),
@@ -153,6 +161,9 @@ def demo_patients(settings: dict) -> tuple[list[str], dict[str, list[str]]]:
     for k in range(1, qa_volumes + 1):  # after qa000: every earlier volume keeps its index and noise seeds
         patients.append(f"qa{k:03d}")
         splits["validation" if k == 1 and qa_volumes >= 2 else "training"].append(f"qa{k:03d}")
+    for k in range(qa_volumes + 1, qa_volumes + settings.get("qa_validation", 0) + 1):  # after those, the same way
+        patients.append(f"qa{k:03d}")
+        splits["validation"].append(f"qa{k:03d}")
     return patients, splits
 
 
@@ -218,6 +229,7 @@ def make_demo_dataset(
     sweep_doses=SWEEP_DOSES,
     qa_volumes: int = 0,
     reading_i0: float | None = None,
+    qa_validation: int = 0,
     log: Callable[[str], None] = logger.info,
 ) -> dict:
     """Write (or find complete) the demo dataset in ``out``; returns its manifest.
@@ -228,7 +240,7 @@ def make_demo_dataset(
     """
     out = Path(out)
     settings = demo_settings(num_volumes, slices, size, seed, dose, dtype, qa_phantom, sweep_doses, qa_volumes,
-                             reading_i0)
+                             reading_i0, qa_validation)
     if not force:
         manifest = load_complete_manifest(out, settings)
         if manifest is not None:

@@ -256,6 +256,32 @@ def test_demo_qa_volumes_go_to_training_and_validation_and_leave_the_test_split(
     assert "qa_volumes" not in json.loads((demo / "demo.json").read_text())["settings"]  # earlier datasets stay valid
 
 
+def test_demo_qa_validation_adds_validation_cylinders_and_changes_nothing_else():
+    """``--qa-validation M``: M more random cylinders, all in validation, after the --qa-volumes
+    ones; every other patient keeps its index (so its phantom and noise) and its split."""
+    from bundle.data.demo import _draw_phantom, demo_patients, demo_settings
+
+    base = demo_settings(num_volumes=4, slices=8, size=64, qa_volumes=3)
+    more = demo_settings(num_volumes=4, slices=8, size=64, qa_volumes=3, qa_validation=2)
+    assert "qa_validation" not in base and more["qa_validation"] == 2  # earlier datasets stay complete
+    patients, splits = demo_patients(base)
+    patients_more, splits_more = demo_patients(more)
+    assert patients_more == [*patients, "qa004", "qa005"]
+    assert splits_more["validation"] == [*splits["validation"], "qa004", "qa005"]
+    assert splits_more["training"] == splits["training"] and splits_more["test"] == splits["test"]
+    added = [_draw_phantom(more, patients_more.index(p), p)[0] for p in ("qa004", "qa005")]
+    known = [_draw_phantom(base, patients.index(p), p)[0] for p in ("qa001", "qa002", "qa003")]
+    assert all(a.inserts and not any(np.array_equal(a.hu, k.hu) for k in known) for a in added)  # fresh draws
+
+
+def test_demo_rejects_a_negative_qa_validation_count(tmp_path, capsys):
+    from bundle.cli import main
+
+    assert main(["demo-data", str(tmp_path / "x"), *TINY, "--qa-validation", "-2"]) == 2
+    assert "qa_validation must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_demo_rejects_a_negative_qa_volume_count(tmp_path, capsys):
     from bundle.cli import main
 
