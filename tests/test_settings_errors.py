@@ -144,6 +144,8 @@ CLASS_CASES = {
                                 "num_inference_steps = -1: ", "an integer >= 1"),
     "enhancer zero samples": (lambda: _enhancer_from_missing_file(num_samples=0), "num_samples = 0: ", ">= 1"),
     "enhancer precision": (lambda: _enhancer_from_missing_file(precision="fp8"), "precision = 'fp8': ", "one of"),
+    "enhancer negative source band": (lambda: _enhancer_from_missing_file(source_lowpass_sigma=-1),
+                                      "source_lowpass_sigma = -1: ", ">= 0"),
 }
 
 
@@ -182,6 +184,7 @@ ENHANCE_CASES = {
     "strength 1.5": (["--strength", "1.5"], "--strength = 1.5: a number in (0, 1]"),
     "negative eta": (["--eta", "-1"], "--eta = -1.0: a number >= 0"),
     "zero samples": (["--num-samples", "0"], "--num-samples = 0: an integer >= 1"),
+    "negative source band": (["--source-lowpass-sigma", "-1"], "--source-lowpass-sigma = -1.0: a number of pixels >= 0"),
 }
 
 

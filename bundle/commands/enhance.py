@@ -62,6 +62,7 @@ def run(args) -> int:
     from bundle.utils.validation import (
         SettingError,
         check_eta,
+        check_lowpass_sigma,
         check_num_samples,
         check_steps,
         check_strength,
@@ -74,8 +75,10 @@ def run(args) -> int:
         check_strength("--strength", args.strength)
         check_eta("--eta", args.eta)
         check_num_samples("--num-samples", args.num_samples)
+        if args.source_lowpass_sigma is not None:
+            check_lowpass_sigma("--source-lowpass-sigma", args.source_lowpass_sigma)
         enhancer, model_version = load_enhancer(args.model, args.device, args.precision, args.fidelity_weight,
-                                                     args.source_lowpass_sigma)
+                                                args.source_lowpass_sigma)
         result = run_batch(
             args.input,
             args.output,

@@ -158,12 +158,11 @@ def demo_patients(settings: dict) -> tuple[list[str], dict[str, list[str]]]:
         patients.append("qa000")
         splits["test"].append("qa000")
     qa_volumes = settings.get("qa_volumes", 0)
-    for k in range(1, qa_volumes + 1):  # after qa000: every earlier volume keeps its index and noise seeds
+    # after qa000, then the validation-only ones: every earlier volume keeps its index and noise seeds
+    for k in range(1, qa_volumes + settings.get("qa_validation", 0) + 1):
         patients.append(f"qa{k:03d}")
-        splits["validation" if k == 1 and qa_volumes >= 2 else "training"].append(f"qa{k:03d}")
-    for k in range(qa_volumes + 1, qa_volumes + settings.get("qa_validation", 0) + 1):  # after those, the same way
-        patients.append(f"qa{k:03d}")
-        splits["validation"].append(f"qa{k:03d}")
+        validation = k > qa_volumes or (k == 1 and qa_volumes >= 2)
+        splits["validation" if validation else "training"].append(f"qa{k:03d}")
     return patients, splits
 
 

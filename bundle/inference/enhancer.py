@@ -56,6 +56,7 @@ from bundle.utils.validation import (
     SettingError,
     check_choice,
     check_eta,
+    check_lowpass_sigma,
     check_num_samples,
     check_steps,
     check_strength,
@@ -435,7 +436,7 @@ def check_settings(settings: dict[str, Any]) -> None:
     """The sampler settings among ``settings`` (those present), each refused with one line
     (:class:`~bundle.utils.validation.SettingError`)."""
     checks = {"num_inference_steps": check_steps, "eta": check_eta, "strength": check_strength,
-              "num_samples": check_num_samples}
+              "num_samples": check_num_samples, "source_lowpass_sigma": check_lowpass_sigma}
     for key, check in checks.items():
         if key in settings:
             check(key, settings[key])

@@ -19,6 +19,7 @@ __all__ = [
     "SettingError",
     "check_choice",
     "check_eta",
+    "check_lowpass_sigma",
     "check_num_samples",
     "check_patch_size",
     "check_steps",
@@ -115,6 +116,12 @@ def check_strength(setting: str, value: Any) -> float:
 def check_eta(setting: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or math.isinf(value):
         raise SettingError(setting, value, "a number >= 0 (0: deterministic DDIM, 1: DDPM-like)")
+    return float(value)
+
+
+def check_lowpass_sigma(setting: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or math.isinf(value):
+        raise SettingError(setting, value, "a number of pixels >= 0 (0: none of the output's band from the source)")
     return float(value)
 
 

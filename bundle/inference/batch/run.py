@@ -319,8 +319,6 @@ def load_enhancer(model: str | os.PathLike, device: str = "auto", precision: str
         raise BatchError("--device cuda but no CUDA device is available")
     if fidelity_weight is not None and fidelity_weight < 0:
         raise BatchError(f"--fidelity-weight must be >= 0, got {fidelity_weight}")
-    if source_lowpass_sigma is not None and not source_lowpass_sigma >= 0:
-        raise BatchError(f"--source-lowpass-sigma must be >= 0 pixels, got {source_lowpass_sigma}")
     settings = {} if fidelity_weight is None else {"fidelity_weight": fidelity_weight}
     if source_lowpass_sigma is not None:
         settings["source_lowpass_sigma"] = source_lowpass_sigma
