@@ -57,6 +57,15 @@ def complete_looking(output: Path) -> list[Path]:
     return sorted({p.parent for p in output.rglob("*.dcm") if not p.parent.name.endswith(".partial")})
 
 
+def at_kill_point(output: Path, finished: int) -> bool:
+    """While the batch runs: ``finished`` series look complete and the next one's staging folder
+    exists. The walk races the batch's renames, so a folder gone mid-walk means "look again"."""
+    try:
+        return len(complete_looking(output)) >= finished and bool(list(output.rglob("*.partial")))
+    except FileNotFoundError:  # a staging folder renamed into place while rglob listed it
+        return False
+
+
 def pixels(output: Path) -> dict[str, np.ndarray]:
     """Enhanced pixels by source series number (the folder name starts with it)."""
     out = {}
@@ -88,7 +97,7 @@ def test_sigkill_mid_batch_then_rerun_completes_with_the_same_pixels(tree, model
     finished_before_kill = draw.choice([0, 1, 2])
     deadline = time.monotonic() + 300
     while run.poll() is None and time.monotonic() < deadline:
-        if len(complete_looking(output)) >= finished_before_kill and list(output.rglob("*.partial")):
+        if at_kill_point(output, finished_before_kill):
             time.sleep(draw.uniform(0.0, 0.3))
             break
         time.sleep(0.02)
