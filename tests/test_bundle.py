@@ -48,6 +48,18 @@ def test_metadata_versions_are_consistent():
     assert meta["version"] == __version__
 
 
+def test_package_and_deploy_app_report_the_bundle_version():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    import yaml
+
+    from bundle import __version__
+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    app = yaml.safe_load((REPO / "deploy" / "app.yaml").read_text())
+    assert pyproject["project"]["version"] == __version__, "pyproject.toml's version differs from bundle.__version__"
+    assert str(app["application"]["version"]) == __version__, "deploy/app.yaml's version differs from bundle.__version__"
+
+
 @pytest.mark.parametrize("command", [[str(Path(sys.executable).parent / "ctv2v")], [sys.executable, "-m", "bundle"]])
 def test_help_lists_subcommands(command):
     result = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120)
