@@ -45,13 +45,16 @@ def main() -> None:
     args.add_argument("--model", nargs="+", default=["models/model.pt"], help="one or more model files")
     args.add_argument("--datalist", default="data/lidc/datalist.json")
     args.add_argument("--split", default="test")
+    args.add_argument("--source-lowpass-sigma", type=float, default=None,
+                      help="the source band (px) instead of each model file's, as `ctv2v enhance` takes it")
     opts = args.parse_args()
     torch.set_grad_enabled(False)
     parser = ConfigParser()
     parser.read_config("configs/common.yaml")
     transform = parser.get_parsed_content("val_transforms")
     items = bundle.data.datalist.load_datalist(opts.datalist, opts.split)
-    enhancers = {path: CTEnhancer.from_file(path).eval() for path in opts.model}  # once, not per volume
+    settings = {} if opts.source_lowpass_sigma is None else {"source_lowpass_sigma": opts.source_lowpass_sigma}
+    enhancers = {path: CTEnhancer.from_file(path, **settings).eval() for path in opts.model}  # once, not per volume
     print("mean error / RMSE vs clean (HU)\n")
     for item in items:
         if not item.get("clean"):
