@@ -47,6 +47,9 @@ def main() -> None:
     args.add_argument("--split", default="test")
     args.add_argument("--source-lowpass-sigma", type=float, default=None,
                       help="the source band (px) instead of each model file's, as `ctv2v enhance` takes it")
+    args.add_argument("--source-lowpass-levels", default=None,
+                      help="the band per tissue level ('tissue', 'none', or HU values) instead of each model file's")
+    args.add_argument("--decimals", type=int, default=1, help="decimals of the table's HU")
     opts = args.parse_args()
     torch.set_grad_enabled(False)
     parser = ConfigParser()
@@ -54,6 +57,8 @@ def main() -> None:
     transform = parser.get_parsed_content("val_transforms")
     items = bundle.data.datalist.load_datalist(opts.datalist, opts.split)
     settings = {} if opts.source_lowpass_sigma is None else {"source_lowpass_sigma": opts.source_lowpass_sigma}
+    if opts.source_lowpass_levels is not None:
+        settings["source_lowpass_levels"] = opts.source_lowpass_levels
     enhancers = {path: CTEnhancer.from_file(path, **settings).eval() for path in opts.model}  # once, not per volume
     print("mean error / RMSE vs clean (HU)\n")
     for item in items:
@@ -71,7 +76,7 @@ def main() -> None:
         print("|---|" + "---|" * len(masks))
         for name, output in outputs.items():
             error = output.astype(np.float64) - clean
-            cells = [f"{error[m].mean():+.1f} / {np.sqrt((error[m] ** 2).mean()):.1f}" for m in masks.values()]
+            cells = [f"{error[m].mean():+.{opts.decimals}f} / {np.sqrt((error[m] ** 2).mean()):.{opts.decimals}f}" for m in masks.values()]
             print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 

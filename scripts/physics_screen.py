@@ -6,7 +6,8 @@ computed once per volume with the output's low band the model's own, then each
 ``source_lowpass_sigma`` of ``--sigmas`` is applied to it (``keep_source_low_frequencies`` is
 linear and applied after decoding, so this equals the enhancer with that setting) and scored by
 the evaluation's ``VolumePhysics`` against the clean truth: key-window PSNR, lesion d' (NPW),
-``contrast_kept``, the largest QA insert |bias|, the bone bias, noise sigma and NPS mean
+``contrast_kept``, the largest QA insert |bias|, the bone bias, the largest tissue class |bias| and class RMSE
+above the input's, noise sigma and NPS mean
 frequency relative to the full-dose scan. Volumes need the simulation's truth (demo data).
 Several seeds of one arm at a time: the table ends with each column's mean per arm and sigma.
 Run from the bundle root, alone (one model takes ~30 s per demo volume on 2 CPU cores):
@@ -23,7 +24,8 @@ import math
 import numpy as np
 import torch
 
-COLUMNS = ["psnr", "d_prime", "contrast_kept", "insert_bias", "bone_bias", "noise", "nps_frequency"]
+COLUMNS = ["psnr", "d_prime", "contrast_kept", "insert_bias", "bone_bias", "class_bias", "class_rmse_excess",
+           "noise", "nps_frequency"]
 
 
 def table_row(labels, values: dict) -> str:
@@ -32,11 +34,16 @@ def table_row(labels, values: dict) -> str:
     return "| " + " | ".join([*map(str, labels), *cells]) + " |"
 
 
-def scores(measured: dict, window: str) -> dict:
-    """The rule's numbers from one ``VolumePhysics.measure`` result."""
+def scores(measured: dict, window: str, input_hu: dict | None = None) -> dict:
+    """The rule's numbers from one ``VolumePhysics.measure`` result; ``input_hu`` (the input's
+    ``measured["hu"]``) gives ``class_rmse_excess``: the largest class RMSE above the input's (HU)."""
     lesions = measured.get("lesion_summary", {})
     inserts = [abs(v["bias"]) for v in measured.get("inserts", {}).values()]
+    classes = measured["hu"]
+    excess = [classes[c]["rmse"] - input_hu[c]["rmse"] for c in classes if input_hu and c in input_hu]
     return {
+        "class_bias": max((abs(v["bias"]) for v in classes.values()), default=math.nan),
+        "class_rmse_excess": max(excess, default=math.nan),
         "psnr": measured["vs_clean"][window]["psnr"],
         "d_prime": lesions.get("d_prime", math.nan),
         "contrast_kept": lesions.get("contrast_kept", math.nan),
@@ -53,7 +60,10 @@ def main() -> None:
     import bundle.data.datalist
     from bundle.evaluation.evaluate import as_pair, pair_physics
     from bundle.inference import CTEnhancer
-    from bundle.inference.low_frequency import keep_source_low_frequencies
+    from bundle.inference.low_frequency import (
+        TISSUE_LEVELS,
+        keep_source_low_frequencies,
+    )
 
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("--datalist", default="data/demo_qa/datalist.json")
@@ -61,6 +71,8 @@ def main() -> None:
     args.add_argument("--model", nargs="+", action="append", required=True,
                       help="one arm's model files (its seeds); repeat --model for each arm")
     args.add_argument("--sigmas", type=float, nargs="+", default=[3.0], help="source_lowpass_sigma values (px)")
+    args.add_argument("--levels", action="store_true",
+                      help="also score each sigma with the band per tissue level (TISSUE_LEVELS), rows '<sigma> tissue'")
     args.add_argument("--window", type=float, nargs=2, default=(-160.0, 240.0))
     opts = args.parse_args()
     torch.set_grad_enabled(False)
@@ -74,30 +86,34 @@ def main() -> None:
         pair = as_pair(transform(item), index)
         if pair.clean is None:
             raise SystemExit(f"{opts.datalist}: {pair.patient} has no clean truth; this screen needs simulated data")
-        volumes.append((pair, pair_physics(pair, [tuple(opts.window)])))
+        physics = pair_physics(pair, [tuple(opts.window)])
+        source_hu = physics.measure(pair.source.float().numpy().reshape(physics.target.shape))["hu"]
+        volumes.append((pair, physics, source_hu))
 
     header = ["| arm | model | sigma | volume | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 4) + "|"]
     print(f"{opts.split} split of {opts.datalist}; key window {window}; no_diffusion output\n")
     print("\n".join(header))
-    for pair, physics in volumes:
+    for pair, physics, _ in volumes:
         full = physics.full_dose.get("lesion_summary", {})
         print(f"| full-dose scan | - | - | {pair.patient} | | {full.get('d_prime', math.nan):.2f} "
-              f"| {full.get('contrast_kept', math.nan):.2f} | | | 1.000 | 1.000 |")
+              f"| {full.get('contrast_kept', math.nan):.2f} | | | | | 1.000 | 1.000 |")
+    bands = [(sigma, ()) for sigma in opts.sigmas] + [(sigma, TISSUE_LEVELS) for sigma in opts.sigmas if opts.levels]
     summary = []
     for arm, paths in enumerate(opts.model):
         rows = {}
         for path in paths:
             enhancer = CTEnhancer.from_file(path, source_lowpass_sigma=0.0).eval()
-            for pair, physics in volumes:
+            for pair, physics, source_hu in volumes:
                 own = enhancer.ceiling(pair.source, pair.source).reshape(pair.source.shape).float()
-                for sigma in opts.sigmas:
-                    output = keep_source_low_frequencies(own, pair.source.float(), sigma)
-                    row = scores(physics.measure(output.numpy().reshape(physics.target.shape)), window)
-                    rows.setdefault((sigma, pair.patient), []).append(row)
-                    print(table_row((arm, path, f"{sigma:g}", pair.patient), row), flush=True)
-        for (sigma, patient), values in rows.items():
+                for sigma, levels in bands:
+                    output = keep_source_low_frequencies(own, pair.source.float(), sigma, levels)
+                    row = scores(physics.measure(output.numpy().reshape(physics.target.shape)), window, source_hu)
+                    label = f"{sigma:g} tissue" if levels else f"{sigma:g}"
+                    rows.setdefault((label, pair.patient), []).append(row)
+                    print(table_row((arm, path, label, pair.patient), row), flush=True)
+        for (label, patient), values in rows.items():
             means = {c: float(np.mean([v[c] for v in values])) for c in COLUMNS}
-            summary.append(table_row((arm, f"mean of {len(values)}", f"{sigma:g}", patient), means))
+            summary.append(table_row((arm, f"mean of {len(values)}", label, patient), means))
     print("\n".join(["", *header, *summary]))
 
 

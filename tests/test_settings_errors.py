@@ -146,6 +146,8 @@ CLASS_CASES = {
     "enhancer precision": (lambda: _enhancer_from_missing_file(precision="fp8"), "precision = 'fp8': ", "one of"),
     "enhancer negative source band": (lambda: _enhancer_from_missing_file(source_lowpass_sigma=-1),
                                       "source_lowpass_sigma = -1: ", ">= 0"),
+    "enhancer source levels descending": (lambda: _enhancer_from_missing_file(source_lowpass_levels=[60, 0]),
+                                          "source_lowpass_levels = [60, 0]: ", "ascending"),
 }
 
 
@@ -185,6 +187,7 @@ ENHANCE_CASES = {
     "negative eta": (["--eta", "-1"], "--eta = -1.0: a number >= 0"),
     "zero samples": (["--num-samples", "0"], "--num-samples = 0: an integer >= 1"),
     "negative source band": (["--source-lowpass-sigma", "-1"], "--source-lowpass-sigma = -1.0: a number of pixels >= 0"),
+    "unknown source levels": (["--source-lowpass-levels", "bone"], "--source-lowpass-levels = 'bone': 'tissue', 'none'"),
 }
 
 

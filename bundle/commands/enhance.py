@@ -47,6 +47,9 @@ def register(subparsers) -> None:
                         help="in-plane Gaussian sigma (px) below which the output's band is the input's (default: "
                              "the model's; 0 = all the model's). Lower keeps small inserts' HU levels closer to the "
                              "input at some cost in lesion detectability (docs/quality.md)")
+    parser.add_argument("--source-lowpass-levels", default=None,
+                        help="that band per tissue level: 'tissue' (the built-in HU levels), 'none' (one Gaussian "
+                             "across materials) or ascending HU values 'a,b,...' (default: the model's; docs/quality.md)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -62,6 +65,7 @@ def run(args) -> int:
     from bundle.utils.validation import (
         SettingError,
         check_eta,
+        check_lowpass_levels,
         check_lowpass_sigma,
         check_num_samples,
         check_steps,
@@ -77,8 +81,10 @@ def run(args) -> int:
         check_num_samples("--num-samples", args.num_samples)
         if args.source_lowpass_sigma is not None:
             check_lowpass_sigma("--source-lowpass-sigma", args.source_lowpass_sigma)
+        levels = None if args.source_lowpass_levels is None else check_lowpass_levels(
+            "--source-lowpass-levels", args.source_lowpass_levels)
         enhancer, model_version = load_enhancer(args.model, args.device, args.precision, args.fidelity_weight,
-                                                args.source_lowpass_sigma)
+                                                args.source_lowpass_sigma, levels)
         result = run_batch(
             args.input,
             args.output,

@@ -102,6 +102,8 @@ def build_manifest(
             "residual": bool(enhancer.residual),
             "source_lowpass_sigma": float(enhancer.source_lowpass_sigma),
             "lowpass_kernel": lowpass_kernel(float(enhancer.source_lowpass_sigma)),
+            # non-empty: the band per tissue level (bundle.inference.low_frequency), not one Gaussian
+            "source_lowpass_levels": [float(v) for v in getattr(enhancer, "source_lowpass_levels", ())],
         },
         "parts": {
             name: {

@@ -34,6 +34,7 @@ from that extra state alone.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ from bundle.utils.validation import (
     SettingError,
     check_choice,
     check_eta,
+    check_lowpass_levels,
     check_lowpass_sigma,
     check_num_samples,
     check_steps,
@@ -69,7 +71,7 @@ AIR_HU = -1000.0
 # tiling geometry, stored in the model file: the U-Net window is the training slab's latent
 GEOMETRY = ("latent_window", "latent_overlap", "image_tile", "image_overlap")
 # how the output is formed, stored in the model file; a caller's explicit setting wins
-OUTPUT = ("fidelity_weight", "residual", "source_lowpass_sigma")
+OUTPUT = ("fidelity_weight", "residual", "source_lowpass_sigma", "source_lowpass_levels")
 
 
 @dataclass
@@ -107,6 +109,10 @@ class CTEnhancer(nn.Module):
         source_lowpass_sigma: 0 (the spec), or the in-plane Gaussian sigma (pixels) below which
             the output's frequencies are the source's own (:mod:`bundle.inference.low_frequency`:
             the band the noise barely reaches, so no HU bias can enter there).
+        source_lowpass_levels: that band per tissue level instead of one Gaussian across all of
+            them (``"tissue"``: :data:`~bundle.inference.low_frequency.TISSUE_LEVELS`; a list of
+            ascending HU; empty: one Gaussian), so a material's level error is corrected inside it
+            and not spread over its neighbours.
     """
 
     def __init__(
@@ -129,6 +135,7 @@ class CTEnhancer(nn.Module):
         fidelity_weight: float = 1.0,
         residual: bool = False,
         source_lowpass_sigma: float = 0.0,
+        source_lowpass_levels: Sequence[float] | str = (),
         precision: str = "fp32",
         channels_last: bool = False,
     ) -> None:
@@ -160,6 +167,7 @@ class CTEnhancer(nn.Module):
         self.fidelity_weight = float(fidelity_weight)
         self.residual = bool(residual)
         self.source_lowpass_sigma = float(source_lowpass_sigma)
+        self.source_lowpass_levels = check_lowpass_levels("source_lowpass_levels", source_lowpass_levels)
         self.channels_last = bool(channels_last)
 
     # --- file format ----------------------------------------------------------------------------
@@ -190,7 +198,7 @@ class CTEnhancer(nn.Module):
         for key, value in state.get("geometry", {}).items():
             setattr(self, key, tuple(value))
         for key, value in state.get("output", {}).items():
-            setattr(self, key, value)
+            setattr(self, key, tuple(value) if key == "source_lowpass_levels" else value)
 
     @classmethod
     def from_file(cls, path: str | Path, map_location="cpu", **settings) -> CTEnhancer:
@@ -235,7 +243,9 @@ class CTEnhancer(nn.Module):
             if key in settings:
                 setattr(enhancer, key, tuple(settings[key]))
         for key in OUTPUT:
-            if key in settings:
+            if key == "source_lowpass_levels" and key in settings:
+                enhancer.source_lowpass_levels = check_lowpass_levels(key, settings[key])
+            elif key in settings:
                 setattr(enhancer, key, type(getattr(enhancer, key))(settings[key]))
         return enhancer.eval()
 
@@ -320,7 +330,7 @@ class CTEnhancer(nn.Module):
             hu = self.windows.to_hu(self.decode(z0 / self.scale_factor, source, fidelity_weight))
             if residual:
                 hu = padded + (hu - source_recon)
-            hu = keep_source_low_frequencies(hu, padded, self.source_lowpass_sigma)
+            hu = keep_source_low_frequencies(hu, padded, self.source_lowpass_sigma, self.source_lowpass_levels)
             samples.append(hu[crop])
         stack = torch.stack(samples)
         mean = stack.mean(0)
@@ -378,7 +388,7 @@ class CTEnhancer(nn.Module):
         best = self.reconstruct(target_hu, source_hu if self.has_fidelity_path else None)
         if self.residual:
             best = source_hu + best - self.reconstruct(source_hu, source_hu if self.has_fidelity_path else None)
-        return keep_source_low_frequencies(best, source_hu, self.source_lowpass_sigma)
+        return keep_source_low_frequencies(best, source_hu, self.source_lowpass_sigma, self.source_lowpass_levels)
 
     def encode(self, channels: torch.Tensor) -> torch.Tensor:
         """Posterior mean of the VAE, in overlapping image tiles."""
@@ -436,7 +446,8 @@ def check_settings(settings: dict[str, Any]) -> None:
     """The sampler settings among ``settings`` (those present), each refused with one line
     (:class:`~bundle.utils.validation.SettingError`)."""
     checks = {"num_inference_steps": check_steps, "eta": check_eta, "strength": check_strength,
-              "num_samples": check_num_samples, "source_lowpass_sigma": check_lowpass_sigma}
+              "num_samples": check_num_samples, "source_lowpass_sigma": check_lowpass_sigma,
+              "source_lowpass_levels": check_lowpass_levels}
     for key, check in checks.items():
         if key in settings:
             check(key, settings[key])

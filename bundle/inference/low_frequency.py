@@ -14,21 +14,71 @@ by the source's::
 pixel (1/8 of Nyquist, the latent grid of the 8x VAE). The source's noise that comes back is the
 small share below that band; a constant or slowly varying HU error of the output is removed
 exactly.
+
+A Gaussian spreads a material's level error across its borders: a bone cortex that reads 5 HU high
+passes a fraction of that to the soft tissue beside it and keeps the rest. With ``levels`` (HU values,
+ascending) the band is taken per tissue level instead, guided by the output: each voxel belongs to
+the two levels around its HU with linear (hat) weights ``w_k``, and each level's correction is the
+Gaussian mean of ``source - output`` over that level's voxels only (normalised convolution, the
+piecewise bilateral filter of Durand and Dorsey 2002)::
+
+    out = output + sum_k w_k * G_sigma * (w_k * (source - output)) / G_sigma * w_k
+
+Where a level holds less than ``MIN_SUPPORT`` of the Gaussian's mass around a voxel (a thin or
+isolated structure, whose own few voxels would bring their noise back) that level's correction
+leans towards the plain Gaussian's, in proportion.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
 from bundle.networks.frequency import inplane_lowpass
 
+# the tissue levels of ``levels="tissue"`` (HU): air, lung, fat, water, soft tissue, vessels with
+# contrast, trabecular and cortical bone; the QA inserts' materials each sit on one
+TISSUE_LEVELS = (-1000.0, -700.0, -400.0, -100.0, 0.0, 60.0, 150.0, 400.0, 700.0, 1000.0, 1400.0, 2000.0)
+# below this share of the Gaussian's mass a level's own mean leans towards the plain band's
+MIN_SUPPORT = 0.25
 
-def keep_source_low_frequencies(output_hu: torch.Tensor, source_hu: torch.Tensor, sigma: float) -> torch.Tensor:
+
+def keep_source_low_frequencies(
+    output_hu: torch.Tensor, source_hu: torch.Tensor, sigma: float, levels: Sequence[float] = ()
+) -> torch.Tensor:
     """``output + G_sigma * (source - output)`` per axial slice; ``(..., S, H, W)`` HU tensors of one
     shape; ``sigma`` in pixels (0: the output unchanged). Borders are mirrored
-    (:func:`bundle.networks.frequency.inplane_lowpass`)."""
+    (:func:`bundle.networks.frequency.inplane_lowpass`). ``levels`` (ascending HU, at least two):
+    the band per tissue level, guided by the output (module docstring); empty: one Gaussian."""
     if sigma <= 0:
         return output_hu
     if output_hu.shape != source_hu.shape:
         raise ValueError(f"output {tuple(output_hu.shape)} and source {tuple(source_hu.shape)} differ in shape.")
-    return output_hu + inplane_lowpass((source_hu - output_hu).float(), sigma).to(output_hu.dtype)
+    residual = (source_hu - output_hu).float()
+    plain = inplane_lowpass(residual, sigma)
+    if not levels:
+        return output_hu + plain.to(output_hu.dtype)
+    guide = output_hu.float()
+    correction = torch.zeros_like(residual)
+    for weight in level_weights(guide, levels):
+        support = inplane_lowpass(weight, sigma)
+        own = inplane_lowpass(weight * residual, sigma) / support.clamp_min(1e-6)
+        trust = (support / MIN_SUPPORT).clamp(max=1.0)
+        correction += weight * (trust * own + (1 - trust) * plain)
+    return output_hu + correction.to(output_hu.dtype)
+
+
+def level_weights(guide: torch.Tensor, levels: Sequence[float]):
+    """Hat weights of ``guide`` on ``levels`` (ascending HU): 1 at a level, falling linearly to 0 at
+    its neighbours, flat beyond the first and last; they sum to 1 at every voxel."""
+    levels = [float(v) for v in levels]
+    if len(levels) < 2 or any(b <= a for a, b in zip(levels, levels[1:])):
+        raise ValueError(f"levels must be at least two ascending HU values, got {levels}.")
+    for k, level in enumerate(levels):
+        weight = torch.ones_like(guide)
+        if k > 0:
+            weight = torch.minimum(weight, ((guide - levels[k - 1]) / (level - levels[k - 1])).clamp(0, 1))
+        if k < len(levels) - 1:
+            weight = torch.minimum(weight, ((levels[k + 1] - guide) / (levels[k + 1] - level)).clamp(0, 1))
+        yield weight

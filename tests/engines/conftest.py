@@ -30,6 +30,7 @@ FIDELITY_OVERRIDES = {
 SPEC_OVERRIDES = {
     "fidelity_channels": "$None",
     "source_lowpass_sigma": 0.0,
+    "source_lowpass_levels": "none",
     "reconstruction_loss#gradient": 0.0,
 }
 

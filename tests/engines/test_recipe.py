@@ -7,6 +7,8 @@ import pytest
 import torch
 from ignite.engine import Events
 
+from bundle.inference.low_frequency import TISSUE_LEVELS
+
 
 def snapshot(module: torch.nn.Module) -> dict:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -62,10 +64,12 @@ def test_whole_recipe_phases_and_model_file(make_parser, tiny_overrides, recipe_
     assert extra["geometry"]["image_tile"] == [8, 64, 64]
     if variant == "fidelity":
         assert extra["autoencoder"]["fidelity_channels"] == [8, 16, 16]
-        assert extra["output"] == {"fidelity_weight": 0.8, "residual": True, "source_lowpass_sigma": 3.0}
+        assert extra["output"] == {"fidelity_weight": 0.8, "residual": True, "source_lowpass_sigma": 3.0,
+                                   "source_lowpass_levels": TISSUE_LEVELS}
     else:
         assert "fidelity_channels" not in extra["autoencoder"]
-        assert extra["output"] == {"fidelity_weight": 1.0, "residual": False, "source_lowpass_sigma": 0.0}
+        assert extra["output"] == {"fidelity_weight": 1.0, "residual": False, "source_lowpass_sigma": 0.0,
+                                   "source_lowpass_levels": ()}
 
     from bundle.inference import CTEnhancer
 

@@ -24,6 +24,7 @@ from bundle.cli import main
 from bundle.dicom import read_series, write_ct_series
 from bundle.inference.batch import DONE_MARKER, SUMMARY_COLUMNS
 from bundle.inference.batch.lock import LOCK_NAME
+from bundle.inference.low_frequency import TISSUE_LEVELS
 from bundle.utils.names import safe_name
 
 SHAPE = (10, 40, 48)  # (slices, rows, cols): rows != cols so a swapped axis shows
@@ -435,3 +436,11 @@ def test_source_lowpass_sigma_changes_the_output_and_is_recorded(batch, model, t
     ours = nib.load(str(output / row["output"] / "enhanced.nii.gz")).get_fdata()
     default = nib.load(str(batch["output"] / default_row["output"] / "enhanced.nii.gz")).get_fdata()
     assert np.abs(ours - default).max() > 0.5  # HU: the band changed what the output holds
+
+    # the band per tissue level: recorded, and a marker without it is not taken as done
+    tissue = tmp_path / "tissue"
+    assert enhance(input_dir, tissue, model, "--source-lowpass-levels", "tissue") == 0
+    (row,) = read_summary(tissue)
+    marker = json.loads((tissue / row["output"] / DONE_MARKER).read_text())
+    assert marker["settings"]["source_lowpass_levels"] == list(TISSUE_LEVELS)
+    assert "source_lowpass_levels" not in json.loads(default_marker.read_text())["settings"]

@@ -1,4 +1,5 @@
-"""The output's low band from the source (``source_lowpass_sigma``): what it removes, what it keeps."""
+"""The output's low band from the source (``source_lowpass_sigma``, per tissue level with
+``source_lowpass_levels``): what it removes, what it keeps."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ import pytest
 import torch
 
 from bundle.inference import CTEnhancer
-from bundle.inference.low_frequency import keep_source_low_frequencies
+from bundle.inference.low_frequency import (
+    TISSUE_LEVELS,
+    keep_source_low_frequencies,
+    level_weights,
+)
+from bundle.utils.validation import SettingError
 from tests.inference.test_enhancer import random_hu, tiny_enhancer
 
 
@@ -54,3 +60,66 @@ def test_the_setting_changes_the_enhancers_output_and_travels_in_the_model_file(
     with_band.save(tmp_path / "model.pt")
     assert CTEnhancer.from_file(tmp_path / "model.pt").source_lowpass_sigma == 3.0
     assert CTEnhancer.from_file(tmp_path / "model.pt", source_lowpass_sigma=0).source_lowpass_sigma == 0.0
+
+
+def insert_and_bone(shape=(1, 1, 3, 96, 96)):
+    """A water slab with a 60 HU disc and a 4 px cortex of 1200 HU: the truth, and masks of each."""
+    yy, xx = torch.meshgrid(torch.arange(shape[-2]), torch.arange(shape[-1]), indexing="ij")
+    disc = (yy - 40) ** 2 + (xx - 40) ** 2 < 36
+    cortex = (xx >= 70) & (xx < 74)
+    truth = torch.zeros(shape)
+    truth[..., disc] = 60.0
+    truth[..., cortex] = 1200.0
+    return truth, disc, cortex
+
+
+def test_tissue_levels_remove_a_materials_level_error_where_one_gaussian_spreads_it():
+    truth, disc, cortex = insert_and_bone()
+    output = truth.clone()
+    output[..., disc] -= 4.0  # the insert reads low, the cortex high: errors at the materials' own scale
+    output[..., cortex] += 6.0
+    water = ~disc & ~cortex
+    plain = keep_source_low_frequencies(output, truth, 3.0) - truth
+    levels = keep_source_low_frequencies(output, truth, 3.0, TISSUE_LEVELS) - truth
+    # one Gaussian keeps a third of the insert's error and more than half the cortex's, and moves the water
+    assert float(plain[..., disc].mean()) < -1.0 and float(plain[..., cortex].mean()) > 3.0
+    assert float(plain[..., water].abs().max()) > 1.0
+    # per level the insert's error is gone, the thin cortex's mostly, and the water is not moved
+    assert abs(float(levels[..., disc].mean())) < 0.3
+    assert 0 < float(levels[..., cortex].mean()) < 2.0
+    assert float(levels[..., water].abs().max()) < 0.5
+
+
+def test_tissue_levels_are_one_gaussian_inside_one_material_and_pass_its_noise_as_that_does():
+    noise = torch.randn(1, 1, 4, 128, 128, generator=torch.Generator().manual_seed(1)) * 20
+    output = torch.full_like(noise, 40.0)  # soft tissue between the 0 and 60 HU levels
+    plain = keep_source_low_frequencies(output, output + noise, 3.0)
+    levels = keep_source_low_frequencies(output, output + noise, 3.0, TISSUE_LEVELS)
+    assert torch.allclose(levels, plain, atol=1e-3)
+
+
+def test_level_weights_sum_to_one_and_bad_levels_are_refused():
+    guide = torch.linspace(-2048, 3072, 513)
+    total = sum(level_weights(guide, TISSUE_LEVELS))
+    assert torch.allclose(total, torch.ones_like(guide))
+    with pytest.raises(ValueError, match="ascending"):
+        list(level_weights(guide, (0.0, -100.0)))
+    with pytest.raises(SettingError, match="source_lowpass_levels = "):
+        tiny_enhancer(source_lowpass_levels=[60, 0])
+    with pytest.raises(SettingError, match="'tissue'"):
+        tiny_enhancer(source_lowpass_levels="bone")
+
+
+def test_the_levels_setting_changes_the_output_and_travels_in_the_model_file(tmp_path):
+    source = random_hu((1, 16, 64, 64))
+    plain = tiny_enhancer(source_lowpass_sigma=3.0)
+    tissue = tiny_enhancer(source_lowpass_sigma=3.0, source_lowpass_levels="tissue")
+    assert tissue.source_lowpass_levels == TISSUE_LEVELS
+    a, b = plain.enhance(source).hu, tissue.enhance(source).hu
+    assert not torch.allclose(a, b, atol=0.1)
+    tissue.save(tmp_path / "model.pt")
+    loaded = CTEnhancer.from_file(tmp_path / "model.pt")
+    assert loaded.source_lowpass_levels == TISSUE_LEVELS
+    without = CTEnhancer.from_file(tmp_path / "model.pt", source_lowpass_levels="none")
+    assert without.source_lowpass_levels == ()
+    assert not torch.allclose(loaded.enhance(source).hu, without.enhance(source).hu, atol=0.1)

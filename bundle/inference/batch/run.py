@@ -278,6 +278,8 @@ def recorded_settings(enhancer, *, steps: int, eta: float, strength: float, num_
                 "num_samples": int(num_samples), "seed": int(seed)}
     settings.update({key: getattr(enhancer, key) for key in ("fidelity_weight", "residual", "source_lowpass_sigma")
                      if hasattr(enhancer, key)})
+    if getattr(enhancer, "source_lowpass_levels", ()):  # recorded only when set: markers of runs without it still match
+        settings["source_lowpass_levels"] = list(enhancer.source_lowpass_levels)
     return settings
 
 
@@ -303,12 +305,14 @@ def model_version_of(path: str | os.PathLike) -> str:
 
 def load_enhancer(model: str | os.PathLike, device: str = "auto", precision: str = "auto",
                   fidelity_weight: float | None = None,
-                  source_lowpass_sigma: float | None = None) -> tuple[Any, str]:
+                  source_lowpass_sigma: float | None = None,
+                  source_lowpass_levels=None) -> tuple[Any, str]:
     """``(CTEnhancer on the device, model_version)``; ``device`` is ``auto``, ``cpu`` or ``cuda``;
     ``precision`` (``auto``: bf16 where native, else fp32; ``fp32``, ``bf16``, ``fp16`` on CUDA) is the autocast of the network calls;
     ``fidelity_weight`` (None: the model file's) scales a fidelity path's gates (0: spec decoder);
     ``source_lowpass_sigma`` (None: the model file's) is the Gaussian (px) below which the output's
-    band is the source's (0: none of it)."""
+    band is the source's (0: none of it); ``source_lowpass_levels`` (None: the model file's) takes
+    that band per tissue level (``"tissue"``, ``()`` or ascending HU values)."""
     import torch
 
     from bundle.inference.enhancer import CTEnhancer
@@ -322,6 +326,8 @@ def load_enhancer(model: str | os.PathLike, device: str = "auto", precision: str
     settings = {} if fidelity_weight is None else {"fidelity_weight": fidelity_weight}
     if source_lowpass_sigma is not None:
         settings["source_lowpass_sigma"] = source_lowpass_sigma
+    if source_lowpass_levels is not None:
+        settings["source_lowpass_levels"] = source_lowpass_levels
     settings["channels_last"] = True  # 5-12 % faster on CPUs (docs/benchmarks.md); the same numbers
     enhancer = CTEnhancer.from_file(model, precision=precision, **settings).to(device).eval()
     return enhancer, model_version_of(model)
