@@ -42,6 +42,7 @@ from bundle.networks.frequency import inplane_lowpass
 TISSUE_LEVELS = (-1000.0, -700.0, -400.0, -100.0, 0.0, 60.0, 150.0, 400.0, 700.0, 1000.0, 1400.0, 2000.0)
 # below this share of the Gaussian's mass a level's own mean leans towards the plain band's
 MIN_SUPPORT = 0.25
+SLICE_BLOCK = 16
 
 
 def keep_source_low_frequencies(
@@ -55,18 +56,29 @@ def keep_source_low_frequencies(
         return output_hu
     if output_hu.shape != source_hu.shape:
         raise ValueError(f"output {tuple(output_hu.shape)} and source {tuple(source_hu.shape)} differ in shape.")
-    residual = (source_hu - output_hu).float()
-    plain = inplane_lowpass(residual, sigma)
     if not levels:
-        return output_hu + plain.to(output_hu.dtype)
-    guide = output_hu.float()
+        return output_hu + inplane_lowpass((source_hu - output_hu).float(), sigma, by_matrix=True).to(output_hu.dtype)
+    # slices are filtered one by one: blocks of them bound the memory of the per-level maps
+    blocks = []
+    for start in range(0, output_hu.shape[-3], SLICE_BLOCK):
+        block = (..., slice(start, start + SLICE_BLOCK), slice(None), slice(None))
+        blocks.append(_levels_correction(output_hu[block], source_hu[block], sigma, levels))
+    return output_hu + torch.cat(blocks, dim=-3).to(output_hu.dtype)
+
+
+def _levels_correction(output_hu: torch.Tensor, source_hu: torch.Tensor, sigma: float, levels) -> torch.Tensor:
+    """``sum_k w_k * G(w_k r) / G(w_k)`` (leaning towards ``G(r)`` where a level's support is thin)."""
+    residual = (source_hu - output_hu).float()
+    plain = inplane_lowpass(residual, sigma, by_matrix=True)
     correction = torch.zeros_like(residual)
-    for weight in level_weights(guide, levels):
-        support = inplane_lowpass(weight, sigma)
-        own = inplane_lowpass(weight * residual, sigma) / support.clamp_min(1e-6)
+    for weight in level_weights(output_hu.float(), levels):
+        if not weight.any():
+            continue
+        support = inplane_lowpass(weight, sigma, by_matrix=True)
+        own = inplane_lowpass(weight * residual, sigma, by_matrix=True) / support.clamp_min(1e-6)
         trust = (support / MIN_SUPPORT).clamp(max=1.0)
-        correction += weight * (trust * own + (1 - trust) * plain)
-    return output_hu + correction.to(output_hu.dtype)
+        correction += weight * (plain + trust * (own - plain))
+    return correction
 
 
 def level_weights(guide: torch.Tensor, levels: Sequence[float]):
