@@ -17,7 +17,8 @@ reference for porting the sampler to another runtime, and it computes what
    step ``unet(z_t, t, condition)`` and the deterministic DDIM update (``bundle/diffusion/ddim.py``);
 5. ``decode(z0[, source channels])`` -> channels -> HU (the windows' decoding rule);
 6. with ``residual``: ``source + decoded - decode(condition)``; with ``source_lowpass_sigma`` > 0:
-   the output's in-plane low frequencies replaced by the source's (``bundle/inference/low_frequency.py``);
+   the output's in-plane low frequencies replaced by the source's, per tissue level with
+   ``source_lowpass_levels`` (``bundle/inference/low_frequency.py``);
 7. crop the padding away.
 
 Supported: one volume no larger than the exported slab, one sample, eta 0, any step count and
@@ -206,15 +207,38 @@ def sample_latent(model: ExportedModel, condition: torch.Tensor, steps: int, see
 
 
 # --- output rules (bundle/inference/low_frequency.py) ---------------------------------------------
-def keep_source_low_frequencies(output_hu: torch.Tensor, source_hu: torch.Tensor, kernel) -> torch.Tensor:
+def keep_source_low_frequencies(output_hu: torch.Tensor, source_hu: torch.Tensor, kernel, levels=(),
+                                min_support: float = 0.25) -> torch.Tensor:
     """``output + G * (source - output)`` per axial slice, ``G`` the exported 1D Gaussian along rows
-    then columns; the difference is mirrored at the borders (replicated when a slice is smaller
-    than the kernel radius). The convolutions are the ones MONAI's GaussianFilter runs."""
+    then columns. With ``levels`` (ascending HU) the band per tissue level, guided by the output:
+    hat weights ``w_k`` of the output's HU on the levels, each level's correction
+    ``G(w_k r) / G(w_k)`` leaning towards ``G(r)`` where ``G(w_k)`` < ``min_support``."""
     if kernel is None:
         return output_hu
-    difference = (source_hu - output_hu).float()
-    h, w = difference.shape[-2:]
-    slices = difference.reshape(-1, 1, h, w)
+    residual = (source_hu - output_hu).float()
+    plain = gaussian(residual, kernel)
+    if not levels:
+        return output_hu + plain.to(output_hu.dtype)
+    guide = output_hu.float()
+    correction = torch.zeros_like(residual)
+    for k, level in enumerate(levels):
+        weight = torch.ones_like(guide)
+        if k > 0:
+            weight = torch.minimum(weight, ((guide - levels[k - 1]) / (level - levels[k - 1])).clamp(0, 1))
+        if k < len(levels) - 1:
+            weight = torch.minimum(weight, ((levels[k + 1] - guide) / (levels[k + 1] - level)).clamp(0, 1))
+        support = gaussian(weight, kernel)
+        own = gaussian(weight * residual, kernel) / support.clamp_min(1e-6)
+        trust = (support / min_support).clamp(max=1.0)
+        correction += weight * (plain + trust * (own - plain))
+    return output_hu + correction.to(output_hu.dtype)
+
+
+def gaussian(values: torch.Tensor, kernel) -> torch.Tensor:
+    """The exported 1D Gaussian along rows then columns of each slice, borders mirrored (replicated
+    when a slice is smaller than the kernel radius): the convolutions MONAI's GaussianFilter runs."""
+    h, w = values.shape[-2:]
+    slices = values.reshape(-1, 1, h, w)
     taps = torch.tensor(kernel, dtype=torch.float32, device=slices.device)
     radius = (taps.numel() - 1) // 2
     mode = "reflect" if radius < min(h, w) else "replicate"
@@ -223,8 +247,7 @@ def keep_source_low_frequencies(output_hu: torch.Tensor, source_hu: torch.Tensor
     x = F.pad(x, (radius, radius, 0, 0))
     x = F.conv2d(F.pad(x, (0, 0, radius, radius)), taps.reshape(1, 1, -1, 1))
     x = F.conv2d(x, taps.reshape(1, 1, 1, -1))
-    smooth = x[..., radius : radius + h, radius : radius + w]
-    return output_hu + smooth.reshape(difference.shape).to(output_hu.dtype)
+    return x[..., radius : radius + h, radius : radius + w].reshape(values.shape)
 
 
 # --- the whole slab ---------------------------------------------------------------------------------
@@ -275,7 +298,8 @@ def enhance(model: ExportedModel, volume_hu, steps: int | None = None, seed: int
     if output["residual"]:  # what the bottleneck does to the source, subtracted
         source_recon = channels_to_hu(model("decode", condition, *decode_inputs), windows, margin)
         hu = source_hu + (hu - source_recon)
-    hu = keep_source_low_frequencies(hu, source_hu, output["lowpass_kernel"])
+    hu = keep_source_low_frequencies(hu, source_hu, output["lowpass_kernel"], output.get("source_lowpass_levels", ()),
+                                     output.get("source_lowpass_min_support", 0.25))
     return hu[0, 0, :s, :h, :w].cpu().numpy().reshape(shape)
 
 

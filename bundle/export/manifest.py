@@ -14,6 +14,7 @@ import torch
 
 from bundle.diffusion import DDIMSampler
 from bundle.inference.enhancer import AIR_HU
+from bundle.inference.low_frequency import MIN_SUPPORT
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "build_manifest", "lowpass_kernel"]
 
@@ -104,6 +105,7 @@ def build_manifest(
             "lowpass_kernel": lowpass_kernel(float(enhancer.source_lowpass_sigma)),
             # non-empty: the band per tissue level (bundle.inference.low_frequency), not one Gaussian
             "source_lowpass_levels": [float(v) for v in getattr(enhancer, "source_lowpass_levels", ())],
+            "source_lowpass_min_support": MIN_SUPPORT,
         },
         "parts": {
             name: {

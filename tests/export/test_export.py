@@ -82,7 +82,8 @@ OUTPUTS = {
     # the model file's defaults: fidelity weight 1, decoded output
     "decoded": {},
     # every other output setting at once
-    "residual_lowpass": {"fidelity_weight": 0.5, "residual": True, "source_lowpass_sigma": 2.0},
+    "residual_lowpass": {"fidelity_weight": 0.5, "residual": True, "source_lowpass_sigma": 2.0,
+                         "source_lowpass_levels": "tissue"},
     # the frequency-split path: its Gaussian is traced inside the decoder
     "highpass": {"fidelity_highpass_sigma": 2.0},
 }
