@@ -61,11 +61,11 @@ def run(args) -> int:
         load_enhancer,
         run_batch,
     )
+    from bundle.inference.low_frequency import check_lowpass_levels
     from bundle.utils.model_files import ModelFileError
     from bundle.utils.validation import (
         SettingError,
         check_eta,
-        check_lowpass_levels,
         check_lowpass_sigma,
         check_num_samples,
         check_steps,

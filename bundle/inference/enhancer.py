@@ -47,7 +47,10 @@ from torch import nn
 from bundle.data.windows import HUWindows
 from bundle.diffusion import DDIMSampler, DiffusionSchedule
 from bundle.diffusion.tiling import TiledDenoiser, tiled_apply
-from bundle.inference.low_frequency import keep_source_low_frequencies
+from bundle.inference.low_frequency import (
+    check_lowpass_levels,
+    keep_source_low_frequencies,
+)
 from bundle.networks import ConditionalUNet3D, VideoVAE
 from bundle.utils.io import atomic_torch_save
 from bundle.utils.model_files import ModelFileError, describe_contents, load_weights
@@ -57,7 +60,6 @@ from bundle.utils.validation import (
     SettingError,
     check_choice,
     check_eta,
-    check_lowpass_levels,
     check_lowpass_sigma,
     check_num_samples,
     check_steps,

@@ -31,11 +31,14 @@ leans towards the plain Gaussian's, in proportion.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from bundle.networks.frequency import inplane_lowpass
+from bundle.utils.validation import SettingError
 
 # the tissue levels of ``levels="tissue"`` (HU): air, lung, fat, water, soft tissue, vessels with
 # contrast, trabecular and cortical bone; the QA inserts' materials each sit on one
@@ -79,6 +82,30 @@ def _levels_correction(output_hu: torch.Tensor, source_hu: torch.Tensor, sigma: 
         trust = (support / MIN_SUPPORT).clamp(max=1.0)
         correction += weight * (plain + trust * (own - plain))
     return correction
+
+
+def check_lowpass_levels(setting: str, value: Any) -> tuple[float, ...]:
+    """The source band's tissue levels: ``"tissue"`` (the built-in HU levels), ``"none"``/empty (one
+    Gaussian), or at least two ascending HU numbers (a list, or one comma-separated string)."""
+    allowed = "'tissue', 'none' or at least two ascending HU values (e.g. -1000,0,60,1000)"
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("tissue",):
+            return TISSUE_LEVELS
+        if text in ("none", ""):
+            return ()
+        try:
+            value = [float(v) for v in text.split(",")]
+        except ValueError:
+            raise SettingError(setting, value, allowed) from None
+    if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+        raise SettingError(setting, value, allowed)
+    levels = tuple(float(v) for v in value)
+    if len(levels) == 0:
+        return ()
+    if len(levels) < 2 or any(not math.isfinite(v) for v in levels) or any(b <= a for a, b in zip(levels, levels[1:])):
+        raise SettingError(setting, value, allowed)
+    return levels
 
 
 def level_weights(guide: torch.Tensor, levels: Sequence[float]):

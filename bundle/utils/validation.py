@@ -125,32 +125,6 @@ def check_lowpass_sigma(setting: str, value: Any) -> float:
     return float(value)
 
 
-def check_lowpass_levels(setting: str, value: Any) -> tuple[float, ...]:
-    """The source band's tissue levels: ``"tissue"`` (the built-in HU levels), ``"none"``/empty (one
-    Gaussian), or at least two ascending HU numbers (a list, or one comma-separated string)."""
-    from bundle.inference.low_frequency import TISSUE_LEVELS
-
-    allowed = "'tissue', 'none' or at least two ascending HU values (e.g. -1000,0,60,1000)"
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in ("tissue",):
-            return TISSUE_LEVELS
-        if text in ("none", ""):
-            return ()
-        try:
-            value = [float(v) for v in text.split(",")]
-        except ValueError:
-            raise SettingError(setting, value, allowed) from None
-    if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
-        raise SettingError(setting, value, allowed)
-    levels = tuple(float(v) for v in value)
-    if len(levels) == 0:
-        return ()
-    if len(levels) < 2 or any(not math.isfinite(v) for v in levels) or any(b <= a for a, b in zip(levels, levels[1:])):
-        raise SettingError(setting, value, allowed)
-    return levels
-
-
 def check_num_samples(setting: str, value: Any) -> int:
     if not _is_int(value) or value < 1:
         raise SettingError(setting, value, "an integer >= 1")
