@@ -221,7 +221,7 @@ def keep_source_low_frequencies(output_hu: torch.Tensor, source_hu: torch.Tensor
         return output_hu + plain.to(output_hu.dtype)
     guide = output_hu.float()
     correction = torch.zeros_like(residual)
-    for k, level in enumerate(levels):
+    for k, level in enumerate(levels):  # level_weights of bundle/inference/low_frequency.py: the runner imports no bundle
         weight = torch.ones_like(guide)
         if k > 0:
             weight = torch.minimum(weight, ((guide - levels[k - 1]) / (level - levels[k - 1])).clamp(0, 1))
