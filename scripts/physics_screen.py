@@ -61,6 +61,7 @@ def main() -> None:
     from bundle.evaluation.evaluate import as_pair, pair_physics
     from bundle.inference import CTEnhancer
     from bundle.inference.low_frequency import (
+        MIN_SUPPORT,
         TISSUE_LEVELS,
         keep_source_low_frequencies,
     )
@@ -73,6 +74,9 @@ def main() -> None:
     args.add_argument("--sigmas", type=float, nargs="+", default=[3.0], help="source_lowpass_sigma values (px)")
     args.add_argument("--levels", action="store_true",
                       help="also score each sigma with the band per tissue level (TISSUE_LEVELS), rows '<sigma> tissue'")
+    args.add_argument("--min-supports", type=float, nargs="+", default=None,
+                      help="with --levels: the support thresholds to score (default the enhancer's MIN_SUPPORT), "
+                           "rows '<sigma> tissue s<threshold>'")
     args.add_argument("--window", type=float, nargs=2, default=(-160.0, 240.0))
     opts = args.parse_args()
     torch.set_grad_enabled(False)
@@ -97,7 +101,9 @@ def main() -> None:
         full = physics.full_dose.get("lesion_summary", {})
         print(f"| full-dose scan | - | - | {pair.patient} | | {full.get('d_prime', math.nan):.2f} "
               f"| {full.get('contrast_kept', math.nan):.2f} | | | | | 1.000 | 1.000 |")
-    bands = [(sigma, ()) for sigma in opts.sigmas] + [(sigma, TISSUE_LEVELS) for sigma in opts.sigmas if opts.levels]
+    supports = opts.min_supports or [MIN_SUPPORT]
+    bands = [(sigma, (), MIN_SUPPORT) for sigma in opts.sigmas]
+    bands += [(sigma, TISSUE_LEVELS, s) for sigma in opts.sigmas for s in supports if opts.levels]
     summary = []
     for arm, paths in enumerate(opts.model):
         rows = {}
@@ -105,10 +111,10 @@ def main() -> None:
             enhancer = CTEnhancer.from_file(path, source_lowpass_sigma=0.0).eval()
             for pair, physics, source_hu in volumes:
                 own = enhancer.ceiling(pair.source, pair.source).reshape(pair.source.shape).float()
-                for sigma, levels in bands:
-                    output = keep_source_low_frequencies(own, pair.source.float(), sigma, levels)
+                for sigma, levels, support in bands:
+                    output = keep_source_low_frequencies(own, pair.source.float(), sigma, levels, support)
                     row = scores(physics.measure(output.numpy().reshape(physics.target.shape)), window, source_hu)
-                    label = f"{sigma:g} tissue" if levels else f"{sigma:g}"
+                    label = f"{sigma:g}" if not levels else f"{sigma:g} tissue" + (f" s{support:g}" if opts.min_supports else "")
                     rows.setdefault((label, pair.patient), []).append(row)
                     print(table_row((arm, path, label, pair.patient), row), flush=True)
         for (label, patient), values in rows.items():

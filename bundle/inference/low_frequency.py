@@ -49,12 +49,15 @@ SLICE_BLOCK = 16
 
 
 def keep_source_low_frequencies(
-    output_hu: torch.Tensor, source_hu: torch.Tensor, sigma: float, levels: Sequence[float] = ()
+    output_hu: torch.Tensor, source_hu: torch.Tensor, sigma: float, levels: Sequence[float] = (),
+    min_support: float = MIN_SUPPORT,
 ) -> torch.Tensor:
     """``output + G_sigma * (source - output)`` per axial slice; ``(..., S, H, W)`` HU tensors of one
     shape; ``sigma`` in pixels (0: the output unchanged). Borders are mirrored
     (:func:`bundle.networks.frequency.inplane_lowpass`). ``levels`` (ascending HU, at least two):
-    the band per tissue level, guided by the output (module docstring); empty: one Gaussian."""
+    the band per tissue level, guided by the output (module docstring); empty: one Gaussian.
+    ``min_support``: the share of the Gaussian's mass below which a level's own mean leans towards
+    the plain band's (a study setting; the enhancer uses ``MIN_SUPPORT``)."""
     if sigma <= 0:
         return output_hu
     if output_hu.shape != source_hu.shape:
@@ -65,11 +68,12 @@ def keep_source_low_frequencies(
     blocks = []
     for start in range(0, output_hu.shape[-3], SLICE_BLOCK):
         block = (..., slice(start, start + SLICE_BLOCK), slice(None), slice(None))
-        blocks.append(_levels_correction(output_hu[block], source_hu[block], sigma, levels))
+        blocks.append(_levels_correction(output_hu[block], source_hu[block], sigma, levels, min_support))
     return output_hu + torch.cat(blocks, dim=-3).to(output_hu.dtype)
 
 
-def _levels_correction(output_hu: torch.Tensor, source_hu: torch.Tensor, sigma: float, levels) -> torch.Tensor:
+def _levels_correction(output_hu: torch.Tensor, source_hu: torch.Tensor, sigma: float, levels,
+                       min_support: float) -> torch.Tensor:
     """``sum_k w_k * G(w_k r) / G(w_k)`` (leaning towards ``G(r)`` where a level's support is thin)."""
     residual = (source_hu - output_hu).float()
     plain = inplane_lowpass(residual, sigma, by_matrix=True)
@@ -79,7 +83,7 @@ def _levels_correction(output_hu: torch.Tensor, source_hu: torch.Tensor, sigma: 
             continue
         support = inplane_lowpass(weight, sigma, by_matrix=True)
         own = inplane_lowpass(weight * residual, sigma, by_matrix=True) / support.clamp_min(1e-6)
-        trust = (support / MIN_SUPPORT).clamp(max=1.0)
+        trust = (support / min_support).clamp(max=1.0)
         correction += weight * (plain + trust * (own - plain))
     return correction
 
