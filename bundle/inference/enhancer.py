@@ -72,8 +72,13 @@ FORMAT_VERSION = 1
 AIR_HU = -1000.0
 # tiling geometry, stored in the model file: the U-Net window is the training slab's latent
 GEOMETRY = ("latent_window", "latent_overlap", "image_tile", "image_overlap")
-# how the output is formed, stored in the model file; a caller's explicit setting wins
-OUTPUT = ("fidelity_weight", "residual", "source_lowpass_sigma", "source_lowpass_levels")
+# how the output is formed, stored in the model file (each with its normaliser); a caller's explicit setting wins
+OUTPUT = {
+    "fidelity_weight": float,
+    "residual": bool,
+    "source_lowpass_sigma": float,
+    "source_lowpass_levels": lambda value: check_lowpass_levels("source_lowpass_levels", value),
+}
 
 
 @dataclass
@@ -200,7 +205,7 @@ class CTEnhancer(nn.Module):
         for key, value in state.get("geometry", {}).items():
             setattr(self, key, tuple(value))
         for key, value in state.get("output", {}).items():
-            setattr(self, key, tuple(value) if key == "source_lowpass_levels" else value)
+            setattr(self, key, OUTPUT[key](value) if key in OUTPUT else value)
 
     @classmethod
     def from_file(cls, path: str | Path, map_location="cpu", **settings) -> CTEnhancer:
@@ -245,10 +250,8 @@ class CTEnhancer(nn.Module):
             if key in settings:
                 setattr(enhancer, key, tuple(settings[key]))
         for key in OUTPUT:
-            if key == "source_lowpass_levels" and key in settings:
-                enhancer.source_lowpass_levels = check_lowpass_levels(key, settings[key])
-            elif key in settings:
-                setattr(enhancer, key, type(getattr(enhancer, key))(settings[key]))
+            if key in settings:
+                setattr(enhancer, key, OUTPUT[key](settings[key]))
         return enhancer.eval()
 
     def save(self, path: str | Path) -> None:

@@ -94,7 +94,7 @@ def check_lowpass_levels(setting: str, value: Any) -> tuple[float, ...]:
     allowed = "'tissue', 'none' or at least two ascending HU values (e.g. -1000,0,60,1000)"
     if isinstance(value, str):
         text = value.strip().lower()
-        if text in ("tissue",):
+        if text == "tissue":
             return TISSUE_LEVELS
         if text in ("none", ""):
             return ()
@@ -115,9 +115,9 @@ def check_lowpass_levels(setting: str, value: Any) -> tuple[float, ...]:
 def level_weights(guide: torch.Tensor, levels: Sequence[float]):
     """Hat weights of ``guide`` on ``levels`` (ascending HU): 1 at a level, falling linearly to 0 at
     its neighbours, flat beyond the first and last; they sum to 1 at every voxel."""
-    levels = [float(v) for v in levels]
-    if len(levels) < 2 or any(b <= a for a, b in zip(levels, levels[1:])):
-        raise ValueError(f"levels must be at least two ascending HU values, got {levels}.")
+    levels = check_lowpass_levels("levels", list(levels))
+    if not levels:
+        raise ValueError("levels must be at least two ascending HU values, got none.")
     for k, level in enumerate(levels):
         weight = torch.ones_like(guide)
         if k > 0:
