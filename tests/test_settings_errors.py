@@ -148,6 +148,8 @@ CLASS_CASES = {
                                       "source_lowpass_sigma = -1: ", ">= 0"),
     "enhancer source levels descending": (lambda: _enhancer_from_missing_file(source_lowpass_levels=[60, 0]),
                                           "source_lowpass_levels = [60, 0]: ", "ascending"),
+    "enhancer source support 0": (lambda: _enhancer_from_missing_file(source_lowpass_min_support=0),
+                                  "source_lowpass_min_support = 0: ", "(0, 1]"),
 }
 
 
@@ -188,6 +190,7 @@ ENHANCE_CASES = {
     "zero samples": (["--num-samples", "0"], "--num-samples = 0: an integer >= 1"),
     "negative source band": (["--source-lowpass-sigma", "-1"], "--source-lowpass-sigma = -1.0: a number of pixels >= 0"),
     "unknown source levels": (["--source-lowpass-levels", "bone"], "--source-lowpass-levels = 'bone': 'tissue', 'none'"),
+    "source support 2": (["--source-lowpass-min-support", "2"], "--source-lowpass-min-support = 2.0: a share"),
 }
 
 

@@ -50,6 +50,9 @@ def register(subparsers) -> None:
     parser.add_argument("--source-lowpass-levels", default=None,
                         help="that band per tissue level: 'tissue' (the built-in HU levels), 'none' (one Gaussian "
                              "across materials) or ascending HU values 'a,b,...' (default: the model's; docs/quality.md)")
+    parser.add_argument("--source-lowpass-min-support", type=float, default=None,
+                        help="with levels: the share of the Gaussian's mass in (0, 1] below which a level's own "
+                             "band leans towards the plain one (default: the model's; docs/quality.md)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -61,7 +64,7 @@ def run(args) -> int:
         load_enhancer,
         run_batch,
     )
-    from bundle.inference.low_frequency import check_lowpass_levels
+    from bundle.inference.low_frequency import check_lowpass_levels, check_min_support
     from bundle.utils.model_files import ModelFileError
     from bundle.utils.validation import (
         SettingError,
@@ -83,8 +86,10 @@ def run(args) -> int:
             check_lowpass_sigma("--source-lowpass-sigma", args.source_lowpass_sigma)
         levels = None if args.source_lowpass_levels is None else check_lowpass_levels(
             "--source-lowpass-levels", args.source_lowpass_levels)
+        if args.source_lowpass_min_support is not None:
+            check_min_support("--source-lowpass-min-support", args.source_lowpass_min_support)
         enhancer, model_version = load_enhancer(args.model, args.device, args.precision, args.fidelity_weight,
-                                                args.source_lowpass_sigma, levels)
+                                                args.source_lowpass_sigma, levels, args.source_lowpass_min_support)
         result = run_batch(
             args.input,
             args.output,

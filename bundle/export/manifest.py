@@ -105,7 +105,7 @@ def build_manifest(
             "lowpass_kernel": lowpass_kernel(float(enhancer.source_lowpass_sigma)),
             # non-empty: the band per tissue level (bundle.inference.low_frequency), not one Gaussian
             "source_lowpass_levels": [float(v) for v in getattr(enhancer, "source_lowpass_levels", ())],
-            "source_lowpass_min_support": MIN_SUPPORT,
+            "source_lowpass_min_support": float(getattr(enhancer, "source_lowpass_min_support", MIN_SUPPORT)),
         },
         "parts": {
             name: {

@@ -48,7 +48,9 @@ from bundle.data.windows import HUWindows
 from bundle.diffusion import DDIMSampler, DiffusionSchedule
 from bundle.diffusion.tiling import TiledDenoiser, tiled_apply
 from bundle.inference.low_frequency import (
+    MIN_SUPPORT,
     check_lowpass_levels,
+    check_min_support,
     keep_source_low_frequencies,
 )
 from bundle.networks import ConditionalUNet3D, VideoVAE
@@ -78,6 +80,7 @@ OUTPUT = {
     "residual": bool,
     "source_lowpass_sigma": float,
     "source_lowpass_levels": lambda value: check_lowpass_levels("source_lowpass_levels", value),
+    "source_lowpass_min_support": lambda value: check_min_support("source_lowpass_min_support", value),
 }
 
 
@@ -120,6 +123,9 @@ class CTEnhancer(nn.Module):
             them (``"tissue"``: :data:`~bundle.inference.low_frequency.TISSUE_LEVELS`; a list of
             ascending HU; empty: one Gaussian), so a material's level error is corrected inside it
             and not spread over its neighbours.
+        source_lowpass_min_support: with levels, the share of the Gaussian's mass below which a
+            level's own mean leans towards the plain band's (thin structures; higher brings back
+            less of the source's noise).
     """
 
     def __init__(
@@ -143,6 +149,7 @@ class CTEnhancer(nn.Module):
         residual: bool = False,
         source_lowpass_sigma: float = 0.0,
         source_lowpass_levels: Sequence[float] | str = (),
+        source_lowpass_min_support: float = MIN_SUPPORT,
         precision: str = "fp32",
         channels_last: bool = False,
     ) -> None:
@@ -175,6 +182,7 @@ class CTEnhancer(nn.Module):
         self.residual = bool(residual)
         self.source_lowpass_sigma = float(source_lowpass_sigma)
         self.source_lowpass_levels = check_lowpass_levels("source_lowpass_levels", source_lowpass_levels)
+        self.source_lowpass_min_support = check_min_support("source_lowpass_min_support", source_lowpass_min_support)
         self.channels_last = bool(channels_last)
 
     # --- file format ----------------------------------------------------------------------------
@@ -335,7 +343,7 @@ class CTEnhancer(nn.Module):
             hu = self.windows.to_hu(self.decode(z0 / self.scale_factor, source, fidelity_weight))
             if residual:
                 hu = padded + (hu - source_recon)
-            hu = keep_source_low_frequencies(hu, padded, self.source_lowpass_sigma, self.source_lowpass_levels)
+            hu = self._keep_source_band(hu, padded)
             samples.append(hu[crop])
         stack = torch.stack(samples)
         mean = stack.mean(0)
@@ -393,7 +401,11 @@ class CTEnhancer(nn.Module):
         best = self.reconstruct(target_hu, source_hu if self.has_fidelity_path else None)
         if self.residual:
             best = source_hu + best - self.reconstruct(source_hu, source_hu if self.has_fidelity_path else None)
-        return keep_source_low_frequencies(best, source_hu, self.source_lowpass_sigma, self.source_lowpass_levels)
+        return self._keep_source_band(best, source_hu)
+
+    def _keep_source_band(self, output_hu: torch.Tensor, source_hu: torch.Tensor) -> torch.Tensor:
+        return keep_source_low_frequencies(output_hu, source_hu, self.source_lowpass_sigma,
+                                           self.source_lowpass_levels, self.source_lowpass_min_support)
 
     def encode(self, channels: torch.Tensor) -> torch.Tensor:
         """Posterior mean of the VAE, in overlapping image tiles."""
@@ -452,7 +464,7 @@ def check_settings(settings: dict[str, Any]) -> None:
     (:class:`~bundle.utils.validation.SettingError`)."""
     checks = {"num_inference_steps": check_steps, "eta": check_eta, "strength": check_strength,
               "num_samples": check_num_samples, "source_lowpass_sigma": check_lowpass_sigma,
-              "source_lowpass_levels": check_lowpass_levels}
+              "source_lowpass_levels": check_lowpass_levels, "source_lowpass_min_support": check_min_support}
     for key, check in checks.items():
         if key in settings:
             check(key, settings[key])

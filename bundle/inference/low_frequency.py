@@ -57,7 +57,7 @@ def keep_source_low_frequencies(
     (:func:`bundle.networks.frequency.inplane_lowpass`). ``levels`` (ascending HU, at least two):
     the band per tissue level, guided by the output (module docstring); empty: one Gaussian.
     ``min_support``: the share of the Gaussian's mass below which a level's own mean leans towards
-    the plain band's (a study setting; the enhancer uses ``MIN_SUPPORT``)."""
+    the plain band's (in (0, 1]; the enhancer's ``source_lowpass_min_support``)."""
     if sigma <= 0:
         return output_hu
     if output_hu.shape != source_hu.shape:
@@ -110,6 +110,13 @@ def check_lowpass_levels(setting: str, value: Any) -> tuple[float, ...]:
     if len(levels) < 2 or any(not math.isfinite(v) for v in levels) or any(b <= a for a, b in zip(levels, levels[1:])):
         raise SettingError(setting, value, allowed)
     return levels
+
+
+def check_min_support(setting: str, value: Any) -> float:
+    """The per-level band's support threshold: a share of the Gaussian's mass in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise SettingError(setting, value, "a share of the Gaussian's mass in (0, 1] (e.g. 0.25 or 1)")
+    return float(value)
 
 
 def level_weights(guide: torch.Tensor, levels: Sequence[float]):

@@ -10,6 +10,7 @@ import torch
 
 from bundle.inference import CTEnhancer
 from bundle.inference.low_frequency import (
+    MIN_SUPPORT,
     TISSUE_LEVELS,
     keep_source_low_frequencies,
     level_weights,
@@ -123,3 +124,29 @@ def test_the_levels_setting_changes_the_output_and_travels_in_the_model_file(tmp
     without = CTEnhancer.from_file(tmp_path / "model.pt", source_lowpass_levels="none")
     assert without.source_lowpass_levels == ()
     assert not torch.allclose(loaded.enhance(source).hu, without.enhance(source).hu, atol=0.1)
+
+
+def test_a_higher_support_threshold_lets_less_of_a_thin_levels_own_noise_back():
+    # a 2 px band of 60 HU in water: its own level holds little of the Gaussian's mass, so its own
+    # mean is noisy; the threshold leans it towards the plain band's, and at 1 every band pixel does
+    noise = torch.randn(1, 1, 8, 96, 96, generator=torch.Generator().manual_seed(2)) * 20
+    output = torch.zeros_like(noise)
+    output[..., 47:49, :] = 60.0
+    low = keep_source_low_frequencies(output, output + noise, 3.0, TISSUE_LEVELS, min_support=0.05) - output
+    high = keep_source_low_frequencies(output, output + noise, 3.0, TISSUE_LEVELS, min_support=1.0) - output
+    plain = keep_source_low_frequencies(output, output + noise, 3.0) - output
+    band = (..., slice(47, 49), slice(None))
+    assert float(high[band].var()) < 0.6 * float(low[band].var())
+    assert float(high[band].var()) < 1.5 * float(plain[band].var())
+
+
+def test_the_support_threshold_travels_in_the_model_file_and_is_checked(tmp_path):
+    tissue = tiny_enhancer(source_lowpass_sigma=3.0, source_lowpass_levels="tissue")
+    assert tissue.source_lowpass_min_support == MIN_SUPPORT
+    strict = tiny_enhancer(source_lowpass_sigma=3.0, source_lowpass_levels="tissue", source_lowpass_min_support=1)
+    strict.save(tmp_path / "model.pt")
+    assert CTEnhancer.from_file(tmp_path / "model.pt").source_lowpass_min_support == 1.0
+    assert CTEnhancer.from_file(tmp_path / "model.pt", source_lowpass_min_support=0.5).source_lowpass_min_support == 0.5
+    for bad in (0, 1.5, "1", True):
+        with pytest.raises(SettingError, match="source_lowpass_min_support = .*\\(0, 1\\]"):
+            tiny_enhancer(source_lowpass_min_support=bad)
