@@ -51,6 +51,8 @@ def main() -> None:
                       help="the band per tissue level ('tissue', 'none', or HU values) instead of each model file's")
     args.add_argument("--source-lowpass-min-support", type=float, default=None,
                       help="with levels: their support threshold instead of each model file's")
+    args.add_argument("--source-lowpass-sigma-z", type=float, default=None,
+                      help="the band's Gaussian along the slices (slices) instead of each model file's")
     args.add_argument("--decimals", type=int, default=1, help="decimals of the table's HU")
     opts = args.parse_args()
     torch.set_grad_enabled(False)
@@ -61,6 +63,8 @@ def main() -> None:
     settings = {} if opts.source_lowpass_sigma is None else {"source_lowpass_sigma": opts.source_lowpass_sigma}
     if opts.source_lowpass_levels is not None:
         settings["source_lowpass_levels"] = opts.source_lowpass_levels
+    if opts.source_lowpass_sigma_z is not None:
+        settings["source_lowpass_sigma_z"] = opts.source_lowpass_sigma_z
     if opts.source_lowpass_min_support is not None:
         settings["source_lowpass_min_support"] = opts.source_lowpass_min_support
     enhancers = {path: CTEnhancer.from_file(path, **settings).eval() for path in opts.model}  # once, not per volume

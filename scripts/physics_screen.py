@@ -77,6 +77,9 @@ def main() -> None:
     args.add_argument("--min-supports", type=float, nargs="+", default=None,
                       help="with --levels: the support thresholds to score (default the enhancer's MIN_SUPPORT), "
                            "rows '<sigma> tissue s<threshold>'")
+    args.add_argument("--sigmas-z", type=float, nargs="+", default=None,
+                      help="with --levels: the band's Gaussian along the slices too (slices; 0 = each slice alone), "
+                           "rows '<sigma> tissue z<sigma_z>'")
     args.add_argument("--window", type=float, nargs=2, default=(-160.0, 240.0))
     opts = args.parse_args()
     torch.set_grad_enabled(False)
@@ -102,8 +105,9 @@ def main() -> None:
         print(f"| full-dose scan | - | - | {pair.patient} | | {full.get('d_prime', math.nan):.2f} "
               f"| {full.get('contrast_kept', math.nan):.2f} | | | | | 1.000 | 1.000 |")
     supports = opts.min_supports or [MIN_SUPPORT]
-    bands = [(sigma, (), MIN_SUPPORT) for sigma in opts.sigmas]
-    bands += [(sigma, TISSUE_LEVELS, s) for sigma in opts.sigmas for s in supports if opts.levels]
+    sigmas_z = opts.sigmas_z or [0.0]
+    bands = [(sigma, (), MIN_SUPPORT, 0.0) for sigma in opts.sigmas]
+    bands += [(sigma, TISSUE_LEVELS, s, z) for sigma in opts.sigmas for s in supports for z in sigmas_z if opts.levels]
     summary = []
     for arm, paths in enumerate(opts.model):
         rows = {}
@@ -111,10 +115,11 @@ def main() -> None:
             enhancer = CTEnhancer.from_file(path, source_lowpass_sigma=0.0).eval()
             for pair, physics, source_hu in volumes:
                 own = enhancer.ceiling(pair.source, pair.source).reshape(pair.source.shape).float()
-                for sigma, levels, support in bands:
-                    output = keep_source_low_frequencies(own, pair.source.float(), sigma, levels, support)
+                for sigma, levels, support, sigma_z in bands:
+                    output = keep_source_low_frequencies(own, pair.source.float(), sigma, levels, support, sigma_z)
                     row = scores(physics.measure(output.numpy().reshape(physics.target.shape)), window, source_hu)
                     label = f"{sigma:g}" if not levels else f"{sigma:g} tissue" + (f" s{support:g}" if opts.min_supports else "")
+                    label += f" z{sigma_z:g}" if levels and opts.sigmas_z else ""
                     rows.setdefault((label, pair.patient), []).append(row)
                     print(table_row((arm, path, label, pair.patient), row), flush=True)
         for (label, patient), values in rows.items():

@@ -18,7 +18,8 @@ reference for porting the sampler to another runtime, and it computes what
 5. ``decode(z0[, source channels])`` -> channels -> HU (the windows' decoding rule);
 6. with ``residual``: ``source + decoded - decode(condition)``; with ``source_lowpass_sigma`` > 0:
    the output's in-plane low frequencies replaced by the source's, per tissue level with
-   ``source_lowpass_levels`` (``bundle/inference/low_frequency.py``);
+   ``source_lowpass_levels``, averaged along slices too with ``source_lowpass_sigma_z``
+   (``bundle/inference/low_frequency.py``);
 7. crop the padding away.
 
 Supported: one volume no larger than the exported slab, one sample, eta 0, any step count and
@@ -208,15 +209,19 @@ def sample_latent(model: ExportedModel, condition: torch.Tensor, steps: int, see
 
 # --- output rules (bundle/inference/low_frequency.py) ---------------------------------------------
 def keep_source_low_frequencies(output_hu: torch.Tensor, source_hu: torch.Tensor, kernel, levels=(),
-                                min_support: float = 0.25) -> torch.Tensor:
+                                min_support: float = 0.25, kernel_z=None) -> torch.Tensor:
     """``output + G * (source - output)`` per axial slice, ``G`` the exported 1D Gaussian along rows
-    then columns. With ``levels`` (ascending HU) the band per tissue level, guided by the output:
-    hat weights ``w_k`` of the output's HU on the levels, each level's correction
-    ``G(w_k r) / G(w_k)`` leaning towards ``G(r)`` where ``G(w_k)`` < ``min_support``."""
+    then columns (and along slices with ``kernel_z``). With ``levels`` (ascending HU) the band per
+    tissue level, guided by the output: hat weights ``w_k`` of the output's HU on the levels, each
+    level's correction ``G(w_k r) / G(w_k)`` leaning towards ``G(r)`` where ``G(w_k)`` < ``min_support``."""
     if kernel is None:
         return output_hu
+
+    def gaussian(values: torch.Tensor) -> torch.Tensor:
+        return along_slices(inplane_gaussian(values, kernel), kernel_z)
+
     residual = (source_hu - output_hu).float()
-    plain = gaussian(residual, kernel)
+    plain = gaussian(residual)
     if not levels:
         return output_hu + plain.to(output_hu.dtype)
     guide = output_hu.float()
@@ -227,14 +232,14 @@ def keep_source_low_frequencies(output_hu: torch.Tensor, source_hu: torch.Tensor
             weight = torch.minimum(weight, ((guide - levels[k - 1]) / (level - levels[k - 1])).clamp(0, 1))
         if k < len(levels) - 1:
             weight = torch.minimum(weight, ((levels[k + 1] - guide) / (levels[k + 1] - level)).clamp(0, 1))
-        support = gaussian(weight, kernel)
-        own = gaussian(weight * residual, kernel) / support.clamp_min(1e-6)
+        support = gaussian(weight)
+        own = gaussian(weight * residual) / support.clamp_min(1e-6)
         trust = (support / min_support).clamp(max=1.0)
         correction += weight * (plain + trust * (own - plain))
     return output_hu + correction.to(output_hu.dtype)
 
 
-def gaussian(values: torch.Tensor, kernel) -> torch.Tensor:
+def inplane_gaussian(values: torch.Tensor, kernel) -> torch.Tensor:
     """The exported 1D Gaussian along rows then columns of each slice, borders mirrored (replicated
     when a slice is smaller than the kernel radius): the convolutions MONAI's GaussianFilter runs."""
     h, w = values.shape[-2:]
@@ -248,6 +253,20 @@ def gaussian(values: torch.Tensor, kernel) -> torch.Tensor:
     x = F.conv2d(F.pad(x, (0, 0, radius, radius)), taps.reshape(1, 1, -1, 1))
     x = F.conv2d(x, taps.reshape(1, 1, 1, -1))
     return x[..., radius : radius + h, radius : radius + w].reshape(values.shape)
+
+
+def along_slices(values: torch.Tensor, kernel_z) -> torch.Tensor:
+    """The exported 1D Gaussian along the slice axis of ``(..., S, H, W)``, borders mirrored
+    (replicated when there are fewer slices than the kernel radius); None: unchanged."""
+    if kernel_z is None:
+        return values
+    s = values.shape[-3]
+    taps = torch.tensor(kernel_z, dtype=torch.float32, device=values.device)
+    radius = (taps.numel() - 1) // 2
+    lines = values.movedim(-3, -1)
+    flat = F.pad(lines.reshape(-1, 1, s), (radius, radius), mode="reflect" if radius < s else "replicate")
+    smooth = F.conv1d(flat, taps.reshape(1, 1, -1))
+    return smooth.reshape(lines.shape).movedim(-1, -3)
 
 
 # --- the whole slab ---------------------------------------------------------------------------------
@@ -299,7 +318,7 @@ def enhance(model: ExportedModel, volume_hu, steps: int | None = None, seed: int
         source_recon = channels_to_hu(model("decode", condition, *decode_inputs), windows, margin)
         hu = source_hu + (hu - source_recon)
     hu = keep_source_low_frequencies(hu, source_hu, output["lowpass_kernel"], output.get("source_lowpass_levels", ()),
-                                     output.get("source_lowpass_min_support", 0.25))
+                                     output.get("source_lowpass_min_support", 0.25), output.get("lowpass_kernel_z"))
     return hu[0, 0, :s, :h, :w].cpu().numpy().reshape(shape)
 
 

@@ -150,6 +150,8 @@ CLASS_CASES = {
                                           "source_lowpass_levels = [60, 0]: ", "ascending"),
     "enhancer source support 0": (lambda: _enhancer_from_missing_file(source_lowpass_min_support=0),
                                   "source_lowpass_min_support = 0: ", "(0, 1]"),
+    "enhancer negative slice band": (lambda: _enhancer_from_missing_file(source_lowpass_sigma_z=-1),
+                                     "source_lowpass_sigma_z = -1: ", "slices >= 0"),
 }
 
 
@@ -191,6 +193,7 @@ ENHANCE_CASES = {
     "negative source band": (["--source-lowpass-sigma", "-1"], "--source-lowpass-sigma = -1.0: a number of pixels >= 0"),
     "unknown source levels": (["--source-lowpass-levels", "bone"], "--source-lowpass-levels = 'bone': 'tissue', 'none'"),
     "source support 2": (["--source-lowpass-min-support", "2"], "--source-lowpass-min-support = 2.0: a share"),
+    "negative slice band": (["--source-lowpass-sigma-z", "-1"], "--source-lowpass-sigma-z = -1.0: a number of slices >= 0"),
 }
 
 

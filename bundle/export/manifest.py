@@ -106,6 +106,9 @@ def build_manifest(
             # non-empty: the band per tissue level (bundle.inference.low_frequency), not one Gaussian
             "source_lowpass_levels": [float(v) for v in getattr(enhancer, "source_lowpass_levels", ())],
             "source_lowpass_min_support": float(getattr(enhancer, "source_lowpass_min_support", MIN_SUPPORT)),
+            # > 0: the band averaged along slices too, with this 1D Gaussian (slices)
+            "source_lowpass_sigma_z": float(getattr(enhancer, "source_lowpass_sigma_z", 0.0)),
+            "lowpass_kernel_z": lowpass_kernel(float(getattr(enhancer, "source_lowpass_sigma_z", 0.0))),
         },
         "parts": {
             name: {

@@ -51,6 +51,7 @@ from bundle.inference.low_frequency import (
     MIN_SUPPORT,
     check_lowpass_levels,
     check_min_support,
+    check_sigma_z,
     keep_source_low_frequencies,
 )
 from bundle.networks import ConditionalUNet3D, VideoVAE
@@ -81,6 +82,7 @@ OUTPUT = {
     "source_lowpass_sigma": float,
     "source_lowpass_levels": lambda value: check_lowpass_levels("source_lowpass_levels", value),
     "source_lowpass_min_support": lambda value: check_min_support("source_lowpass_min_support", value),
+    "source_lowpass_sigma_z": lambda value: check_sigma_z("source_lowpass_sigma_z", value),
 }
 
 
@@ -126,6 +128,8 @@ class CTEnhancer(nn.Module):
         source_lowpass_min_support: with levels, the share of the Gaussian's mass below which a
             level's own mean leans towards the plain band's (thin structures; higher brings back
             less of the source's noise).
+        source_lowpass_sigma_z: that band's Gaussian along the slices as well (slices; 0: each
+            slice alone), so less of the source's noise, drawn slice by slice, comes back.
     """
 
     def __init__(
@@ -150,6 +154,7 @@ class CTEnhancer(nn.Module):
         source_lowpass_sigma: float = 0.0,
         source_lowpass_levels: Sequence[float] | str = (),
         source_lowpass_min_support: float = MIN_SUPPORT,
+        source_lowpass_sigma_z: float = 0.0,
         precision: str = "fp32",
         channels_last: bool = False,
     ) -> None:
@@ -183,6 +188,7 @@ class CTEnhancer(nn.Module):
         self.source_lowpass_sigma = float(source_lowpass_sigma)
         self.source_lowpass_levels = check_lowpass_levels("source_lowpass_levels", source_lowpass_levels)
         self.source_lowpass_min_support = check_min_support("source_lowpass_min_support", source_lowpass_min_support)
+        self.source_lowpass_sigma_z = check_sigma_z("source_lowpass_sigma_z", source_lowpass_sigma_z)
         self.channels_last = bool(channels_last)
 
     # --- file format ----------------------------------------------------------------------------
@@ -405,7 +411,8 @@ class CTEnhancer(nn.Module):
 
     def _keep_source_band(self, output_hu: torch.Tensor, source_hu: torch.Tensor) -> torch.Tensor:
         return keep_source_low_frequencies(output_hu, source_hu, self.source_lowpass_sigma,
-                                           self.source_lowpass_levels, self.source_lowpass_min_support)
+                                           self.source_lowpass_levels, self.source_lowpass_min_support,
+                                           self.source_lowpass_sigma_z)
 
     def encode(self, channels: torch.Tensor) -> torch.Tensor:
         """Posterior mean of the VAE, in overlapping image tiles."""
@@ -464,7 +471,8 @@ def check_settings(settings: dict[str, Any]) -> None:
     (:class:`~bundle.utils.validation.SettingError`)."""
     checks = {"num_inference_steps": check_steps, "eta": check_eta, "strength": check_strength,
               "num_samples": check_num_samples, "source_lowpass_sigma": check_lowpass_sigma,
-              "source_lowpass_levels": check_lowpass_levels, "source_lowpass_min_support": check_min_support}
+              "source_lowpass_levels": check_lowpass_levels, "source_lowpass_min_support": check_min_support,
+              "source_lowpass_sigma_z": check_sigma_z}
     for key, check in checks.items():
         if key in settings:
             check(key, settings[key])

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from bundle.networks.frequency import inplane_lowpass
+from bundle.networks.frequency import inplane_lowpass, slice_lowpass
 from bundle.utils.validation import SettingError
 
 # the tissue levels of ``levels="tissue"`` (HU): air, lung, fat, water, soft tissue, vessels with
@@ -50,39 +50,50 @@ SLICE_BLOCK = 16
 
 def keep_source_low_frequencies(
     output_hu: torch.Tensor, source_hu: torch.Tensor, sigma: float, levels: Sequence[float] = (),
-    min_support: float = MIN_SUPPORT,
+    min_support: float = MIN_SUPPORT, sigma_z: float = 0.0,
 ) -> torch.Tensor:
     """``output + G_sigma * (source - output)`` per axial slice; ``(..., S, H, W)`` HU tensors of one
     shape; ``sigma`` in pixels (0: the output unchanged). Borders are mirrored
     (:func:`bundle.networks.frequency.inplane_lowpass`). ``levels`` (ascending HU, at least two):
     the band per tissue level, guided by the output (module docstring); empty: one Gaussian.
     ``min_support``: the share of the Gaussian's mass below which a level's own mean leans towards
-    the plain band's (in (0, 1]; the enhancer's ``source_lowpass_min_support``)."""
+    the plain band's (in (0, 1]; the enhancer's ``source_lowpass_min_support``). ``sigma_z`` (slices,
+    0: each slice alone): the same Gaussian also along the slice axis, the band's residual averaged
+    over neighbouring slices too, whose noise the scanner draws independently."""
     if sigma <= 0:
         return output_hu
     if output_hu.shape != source_hu.shape:
         raise ValueError(f"output {tuple(output_hu.shape)} and source {tuple(source_hu.shape)} differ in shape.")
+    def lowpass(x: torch.Tensor) -> torch.Tensor:
+        return slice_lowpass(inplane_lowpass(x, sigma, by_matrix=True), sigma_z)
+
     if not levels:
-        return output_hu + inplane_lowpass((source_hu - output_hu).float(), sigma, by_matrix=True).to(output_hu.dtype)
-    # slices are filtered one by one: blocks of them bound the memory of the per-level maps
+        return output_hu + lowpass((source_hu - output_hu).float()).to(output_hu.dtype)
+    # blocks of slices bound the memory of the per-level maps; with sigma_z each block is filtered with
+    # a margin of the slices its Gaussian reaches, then cropped, so the blocks join seamlessly
+    margin = int(4 * sigma_z + 0.5) if sigma_z > 0 else 0
+    count = output_hu.shape[-3]
     blocks = []
-    for start in range(0, output_hu.shape[-3], SLICE_BLOCK):
-        block = (..., slice(start, start + SLICE_BLOCK), slice(None), slice(None))
-        blocks.append(_levels_correction(output_hu[block], source_hu[block], sigma, levels, min_support))
+    for start in range(0, count, SLICE_BLOCK):
+        stop = min(start + SLICE_BLOCK, count)
+        lo, hi = max(start - margin, 0), min(stop + margin, count)
+        block = (..., slice(lo, hi), slice(None), slice(None))
+        correction = _levels_correction(output_hu[block], source_hu[block], lowpass, levels, min_support)
+        blocks.append(correction[..., start - lo : stop - lo, :, :])
     return output_hu + torch.cat(blocks, dim=-3).to(output_hu.dtype)
 
 
-def _levels_correction(output_hu: torch.Tensor, source_hu: torch.Tensor, sigma: float, levels,
+def _levels_correction(output_hu: torch.Tensor, source_hu: torch.Tensor, lowpass, levels,
                        min_support: float) -> torch.Tensor:
     """``sum_k w_k * G(w_k r) / G(w_k)`` (leaning towards ``G(r)`` where a level's support is thin)."""
     residual = (source_hu - output_hu).float()
-    plain = inplane_lowpass(residual, sigma, by_matrix=True)
+    plain = lowpass(residual)
     correction = torch.zeros_like(residual)
     for weight in level_weights(output_hu.float(), levels):
         if not weight.any():
             continue
-        support = inplane_lowpass(weight, sigma, by_matrix=True)
-        own = inplane_lowpass(weight * residual, sigma, by_matrix=True) / support.clamp_min(1e-6)
+        support = lowpass(weight)
+        own = lowpass(weight * residual) / support.clamp_min(1e-6)
         trust = (support / min_support).clamp(max=1.0)
         correction += weight * (plain + trust * (own - plain))
     return correction
@@ -116,6 +127,13 @@ def check_min_support(setting: str, value: Any) -> float:
     """The per-level band's support threshold: a share of the Gaussian's mass in (0, 1]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
         raise SettingError(setting, value, "a share of the Gaussian's mass in (0, 1] (e.g. 0.25 or 1)")
+    return float(value)
+
+
+def check_sigma_z(setting: str, value: Any) -> float:
+    """The band's Gaussian along the slices: a number of slices >= 0 (0: each slice alone)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or math.isinf(value):
+        raise SettingError(setting, value, "a number of slices >= 0 (0: each slice alone)")
     return float(value)
 
 

@@ -17,7 +17,7 @@ from monai.networks.layers.convutils import gaussian_1d
 
 from bundle.networks.blocks import autocast_off
 
-__all__ = ["inplane_lowpass"]
+__all__ = ["inplane_lowpass", "slice_lowpass"]
 
 
 def inplane_lowpass(x: torch.Tensor, sigma: float, by_matrix: bool = False) -> torch.Tensor:
@@ -45,6 +45,20 @@ def inplane_lowpass(x: torch.Tensor, sigma: float, by_matrix: bool = False) -> t
             rows = _blur_matrix(h, float(sigma), mode).to(x.device)
             cols = rows if w == h else _blur_matrix(w, float(sigma), mode).to(x.device)
             smooth = rows.T @ (x.float() @ cols)
+    return smooth.to(x.dtype)
+
+
+def slice_lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The same Gaussian along the slice axis (``(..., S, H, W)``, ``sigma`` in slices) as one matrix
+    product, borders mirrored as :func:`inplane_lowpass` mirrors them; ``sigma <= 0`` returns ``x``.
+    Inference only (the source band across slices)."""
+    if sigma <= 0:
+        return x
+    s = x.shape[-3]
+    mode = "reflect" if int(4 * sigma + 0.5) < s else "replicate"
+    matrix = _blur_matrix(s, float(sigma), mode).to(x.device)
+    with autocast_off(x.device):
+        smooth = torch.einsum("...shw,st->...thw", x.float(), matrix)
     return smooth.to(x.dtype)
 
 

@@ -31,6 +31,7 @@ SPEC_OVERRIDES = {
     "fidelity_channels": "$None",
     "source_lowpass_sigma": 0.0,
     "source_lowpass_levels": "none",
+    "source_lowpass_sigma_z": 0.0,
     "reconstruction_loss#gradient": 0.0,
 }
 

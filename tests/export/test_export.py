@@ -83,7 +83,8 @@ OUTPUTS = {
     "decoded": {},
     # every other output setting at once
     "residual_lowpass": {"fidelity_weight": 0.5, "residual": True, "source_lowpass_sigma": 2.0,
-                         "source_lowpass_levels": "tissue", "source_lowpass_min_support": 0.5},
+                         "source_lowpass_levels": "tissue", "source_lowpass_min_support": 0.5,
+                         "source_lowpass_sigma_z": 1.0},
     # the frequency-split path: its Gaussian is traced inside the decoder
     "highpass": {"fidelity_highpass_sigma": 2.0},
 }

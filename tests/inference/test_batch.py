@@ -440,9 +440,10 @@ def test_source_lowpass_sigma_changes_the_output_and_is_recorded(batch, model, t
     # the band per tissue level: recorded, and a marker without it is not taken as done
     tissue = tmp_path / "tissue"
     assert enhance(input_dir, tissue, model, "--source-lowpass-levels", "tissue",
-                   "--source-lowpass-min-support", "0.5") == 0
+                   "--source-lowpass-min-support", "0.5", "--source-lowpass-sigma-z", "1") == 0
     (row,) = read_summary(tissue)
     marker = json.loads((tissue / row["output"] / DONE_MARKER).read_text())
     assert marker["settings"]["source_lowpass_levels"] == list(TISSUE_LEVELS)
     assert marker["settings"]["source_lowpass_min_support"] == 0.5
+    assert marker["settings"]["source_lowpass_sigma_z"] == 1.0
     assert "source_lowpass_levels" not in json.loads(default_marker.read_text())["settings"]

@@ -132,7 +132,8 @@ def test_model_file_keeps_the_path_and_output_settings(tmp_path):
     state = torch.load(path, weights_only=True)
     assert state["_extra_state"]["autoencoder"]["fidelity_channels"] == [8, 16]
     assert state["_extra_state"]["output"] == {"fidelity_weight": 0.7, "residual": True, "source_lowpass_sigma": 0.0,
-                                               "source_lowpass_levels": ()}
+                                               "source_lowpass_levels": (), "source_lowpass_min_support": 0.25,
+                                               "source_lowpass_sigma_z": 0.0}
     loaded = CTEnhancer.from_file(path, num_inference_steps=2)  # sampler settings are not stored
     assert loaded.has_fidelity_path and loaded.fidelity_weight == 0.7 and loaded.residual is True
     source = phantom()

@@ -150,3 +150,29 @@ def test_the_support_threshold_travels_in_the_model_file_and_is_checked(tmp_path
     for bad in (0, 1.5, "1", True):
         with pytest.raises(SettingError, match="source_lowpass_min_support = .*\\(0, 1\\]"):
             tiny_enhancer(source_lowpass_min_support=bad)
+
+
+def test_along_the_slices_the_band_keeps_a_level_error_out_and_less_noise_in(monkeypatch):
+    # noise drawn slice by slice averages out along z; a level error the slices share is still removed
+    truth, disc, cortex = insert_and_bone((1, 1, 40, 96, 96))
+    noise = torch.randn(truth.shape, generator=torch.Generator().manual_seed(3)) * 20
+    output = truth.clone()
+    output[..., disc] -= 4.0
+    per_slice = keep_source_low_frequencies(output, truth + noise, 3.0, TISSUE_LEVELS) - truth
+    across = keep_source_low_frequencies(output, truth + noise, 3.0, TISSUE_LEVELS, sigma_z=2.0) - truth
+    water = ~disc & ~cortex
+    assert abs(float(across[..., disc].mean())) < 0.3
+    # a 1D Gaussian of sigma 2 passes 1 / (2 sqrt(pi) 2) = 0.14 of white noise's variance
+    assert float(across[..., water].var() / per_slice[..., water].var()) == pytest.approx(0.14, rel=0.2)
+    # the slice blocks that bound memory join without a seam
+    monkeypatch.setattr("bundle.inference.low_frequency.SLICE_BLOCK", 1000)
+    whole = keep_source_low_frequencies(output, truth + noise, 3.0, TISSUE_LEVELS, sigma_z=2.0) - truth
+    assert torch.allclose(across, whole, atol=1e-3)
+
+
+def test_the_slice_sigma_travels_in_the_model_file(tmp_path):
+    tiny_enhancer(source_lowpass_sigma=3.0, source_lowpass_levels="tissue", source_lowpass_sigma_z=2).save(tmp_path / "m.pt")
+    assert CTEnhancer.from_file(tmp_path / "m.pt").source_lowpass_sigma_z == 2.0
+    assert CTEnhancer.from_file(tmp_path / "m.pt", source_lowpass_sigma_z=0).source_lowpass_sigma_z == 0.0
+    with pytest.raises(SettingError, match="source_lowpass_sigma_z = -1: "):
+        tiny_enhancer(source_lowpass_sigma_z=-1)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from monai.networks.layers import GaussianFilter
 
-from bundle.networks.frequency import inplane_lowpass
+from bundle.networks.frequency import inplane_lowpass, slice_lowpass
 
 
 def reference(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -36,3 +36,17 @@ def test_a_trace_takes_the_convolution_and_gradients_flow_through_the_matrices()
     assert torch.equal(traced(x.detach()), inplane_lowpass(x.detach(), 3.0))
     inplane_lowpass(x, 3.0, by_matrix=True).square().sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("slices", [5, 24])
+def test_the_slice_axis_gaussian_is_monais_along_z_on_mirrored_borders(slices):
+    x = torch.randn(1, 1, slices, 6, 5, generator=torch.Generator().manual_seed(1)) * 300
+    sigma = 1.5
+    radius = int(4 * sigma + 0.5)
+    lines = x.movedim(-3, -1)
+    padded = torch.nn.functional.pad(lines.reshape(-1, 1, slices), (radius, radius),
+                                     mode="reflect" if radius < slices else "replicate")
+    smooth = GaussianFilter(spatial_dims=1, sigma=sigma, truncated=4.0)(padded)[..., radius : radius + slices]
+    expected = smooth.reshape(lines.shape).movedim(-1, -3)
+    assert torch.allclose(slice_lowpass(x, sigma), expected, atol=1e-3)
+    assert slice_lowpass(x, 0.0) is x

@@ -281,6 +281,8 @@ def recorded_settings(enhancer, *, steps: int, eta: float, strength: float, num_
     if getattr(enhancer, "source_lowpass_levels", ()):  # recorded only when set: markers of runs without it still match
         settings["source_lowpass_levels"] = list(enhancer.source_lowpass_levels)
         settings["source_lowpass_min_support"] = float(enhancer.source_lowpass_min_support)
+    if getattr(enhancer, "source_lowpass_sigma_z", 0.0):  # likewise only when set
+        settings["source_lowpass_sigma_z"] = float(enhancer.source_lowpass_sigma_z)
     return settings
 
 
@@ -308,14 +310,16 @@ def load_enhancer(model: str | os.PathLike, device: str = "auto", precision: str
                   fidelity_weight: float | None = None,
                   source_lowpass_sigma: float | None = None,
                   source_lowpass_levels=None,
-                  source_lowpass_min_support: float | None = None) -> tuple[Any, str]:
+                  source_lowpass_min_support: float | None = None,
+                  source_lowpass_sigma_z: float | None = None) -> tuple[Any, str]:
     """``(CTEnhancer on the device, model_version)``; ``device`` is ``auto``, ``cpu`` or ``cuda``;
     ``precision`` (``auto``: bf16 where native, else fp32; ``fp32``, ``bf16``, ``fp16`` on CUDA) is the autocast of the network calls;
     ``fidelity_weight`` (None: the model file's) scales a fidelity path's gates (0: spec decoder);
     ``source_lowpass_sigma`` (None: the model file's) is the Gaussian (px) below which the output's
     band is the source's (0: none of it); ``source_lowpass_levels`` (None: the model file's) takes
     that band per tissue level (``"tissue"``, ``()`` or ascending HU values) and
-    ``source_lowpass_min_support`` (None: the model file's) sets those levels' support threshold."""
+    ``source_lowpass_min_support`` (None: the model file's) sets those levels' support threshold;
+    ``source_lowpass_sigma_z`` (None: the model file's) averages that band along slices too."""
     import torch
 
     from bundle.inference.enhancer import CTEnhancer
@@ -333,6 +337,8 @@ def load_enhancer(model: str | os.PathLike, device: str = "auto", precision: str
         settings["source_lowpass_levels"] = source_lowpass_levels
     if source_lowpass_min_support is not None:
         settings["source_lowpass_min_support"] = source_lowpass_min_support
+    if source_lowpass_sigma_z is not None:
+        settings["source_lowpass_sigma_z"] = source_lowpass_sigma_z
     settings["channels_last"] = True  # 5-12 % faster on CPUs (docs/benchmarks.md); the same numbers
     enhancer = CTEnhancer.from_file(model, precision=precision, **settings).to(device).eval()
     return enhancer, model_version_of(model)
