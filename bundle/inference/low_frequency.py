@@ -27,6 +27,12 @@ piecewise bilateral filter of Durand and Dorsey 2002)::
 Where a level holds less than ``MIN_SUPPORT`` of the Gaussian's mass around a voxel (a thin or
 isolated structure, whose own few voxels would bring their noise back) that level's correction
 leans towards the plain Gaussian's, in proportion.
+
+With ``sigma_z`` the Gaussian reaches along the slices as well: the scanner (and the simulator)
+draws each slice's noise independently while a material's level error runs on through its
+neighbouring slices, so averaging the band's residual over them brings back less of the source's
+noise (a 1D Gaussian passes 1 / (2 sqrt(pi) sigma_z) of white noise's variance) and removes the
+same level error.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ def keep_source_low_frequencies(
         return output_hu
     if output_hu.shape != source_hu.shape:
         raise ValueError(f"output {tuple(output_hu.shape)} and source {tuple(source_hu.shape)} differ in shape.")
+
     def lowpass(x: torch.Tensor) -> torch.Tensor:
         return slice_lowpass(inplane_lowpass(x, sigma, by_matrix=True), sigma_z)
 
