@@ -13,7 +13,10 @@ import torch
 
 
 def main() -> None:
-    from bundle.inference.low_frequency import TISSUE_LEVELS, keep_source_low_frequencies
+    from bundle.inference.low_frequency import (
+        TISSUE_LEVELS,
+        keep_source_low_frequencies,
+    )
 
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("--shape", type=int, nargs=3, default=(133, 512, 512), help="slices, rows, columns")
