@@ -61,8 +61,10 @@ from bundle.utils.plain import plain
 from bundle.utils.precision import PRECISIONS, autocast, resolve_precision
 from bundle.utils.validation import (
     SettingError,
+    check_bool,
     check_choice,
     check_eta,
+    check_fidelity_weight,
     check_lowpass_sigma,
     check_num_samples,
     check_steps,
@@ -75,14 +77,15 @@ FORMAT_VERSION = 1
 AIR_HU = -1000.0
 # tiling geometry, stored in the model file: the U-Net window is the training slab's latent
 GEOMETRY = ("latent_window", "latent_overlap", "image_tile", "image_overlap")
-# how the output is formed, stored in the model file (each with its normaliser); a caller's explicit setting wins
-OUTPUT = {
-    "fidelity_weight": float,
-    "residual": bool,
-    "source_lowpass_sigma": float,
-    "source_lowpass_levels": lambda value: check_lowpass_levels("source_lowpass_levels", value),
-    "source_lowpass_min_support": lambda value: check_min_support("source_lowpass_min_support", value),
-    "source_lowpass_sigma_z": lambda value: check_sigma_z("source_lowpass_sigma_z", value),
+# how the output is formed, stored in the model file; a caller's explicit setting wins
+OUTPUT = ("fidelity_weight", "residual", "source_lowpass_sigma", "source_lowpass_levels",
+          "source_lowpass_min_support", "source_lowpass_sigma_z")
+# the settings with a check, each ``check(name, value)``: the value normalised, or one line saying what is allowed
+CHECKS = {
+    "num_inference_steps": check_steps, "eta": check_eta, "strength": check_strength,
+    "num_samples": check_num_samples, "fidelity_weight": check_fidelity_weight, "residual": check_bool,
+    "source_lowpass_sigma": check_lowpass_sigma, "source_lowpass_levels": check_lowpass_levels,
+    "source_lowpass_min_support": check_min_support, "source_lowpass_sigma_z": check_sigma_z,
 }
 
 
@@ -159,8 +162,11 @@ class CTEnhancer(nn.Module):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        check_settings({"num_inference_steps": num_inference_steps, "eta": eta, "strength": strength,
-                        "num_samples": num_samples, "precision": precision})
+        output = {"fidelity_weight": fidelity_weight, "residual": residual, "source_lowpass_sigma": source_lowpass_sigma,
+                  "source_lowpass_levels": source_lowpass_levels, "source_lowpass_min_support": source_lowpass_min_support,
+                  "source_lowpass_sigma_z": source_lowpass_sigma_z}
+        checked = check_settings({"num_inference_steps": num_inference_steps, "eta": eta, "strength": strength,
+                                  "num_samples": num_samples, "precision": precision, **output})
         if precision != "auto":
             resolve_precision(precision, "cuda")  # a known name (the device is checked per call)
         self.precision = precision  # network calls only: tiles, DDIM and HU arithmetic stay float32
@@ -183,12 +189,8 @@ class CTEnhancer(nn.Module):
         self.image_tile = tuple(image_tile)
         self.image_overlap = tuple(image_overlap)
         self.window_batch_size = window_batch_size
-        self.fidelity_weight = float(fidelity_weight)
-        self.residual = bool(residual)
-        self.source_lowpass_sigma = float(source_lowpass_sigma)
-        self.source_lowpass_levels = check_lowpass_levels("source_lowpass_levels", source_lowpass_levels)
-        self.source_lowpass_min_support = check_min_support("source_lowpass_min_support", source_lowpass_min_support)
-        self.source_lowpass_sigma_z = check_sigma_z("source_lowpass_sigma_z", source_lowpass_sigma_z)
+        for key in OUTPUT:
+            setattr(self, key, checked[key])
         self.channels_last = bool(channels_last)
 
     # --- file format ----------------------------------------------------------------------------
@@ -219,7 +221,7 @@ class CTEnhancer(nn.Module):
         for key, value in state.get("geometry", {}).items():
             setattr(self, key, tuple(value))
         for key, value in state.get("output", {}).items():
-            setattr(self, key, OUTPUT[key](value) if key in OUTPUT else value)
+            setattr(self, key, CHECKS[key](key, value) if key in CHECKS else value)
 
     @classmethod
     def from_file(cls, path: str | Path, map_location="cpu", **settings) -> CTEnhancer:
@@ -230,7 +232,7 @@ class CTEnhancer(nn.Module):
         value only when the caller gives none.
         """
         path = Path(path)
-        check_settings(settings)  # a bad setting is the caller's: say so before reading anything
+        checked = check_settings(settings)  # a bad setting is the caller's: say so before reading anything
         state = load_weights(path, map_location=map_location)
         extra = state.get("_extra_state") if isinstance(state, dict) else None
         if not isinstance(extra, dict) or extra.get("format") != FORMAT:
@@ -265,7 +267,7 @@ class CTEnhancer(nn.Module):
                 setattr(enhancer, key, tuple(settings[key]))
         for key in OUTPUT:
             if key in settings:
-                setattr(enhancer, key, OUTPUT[key](settings[key]))
+                setattr(enhancer, key, checked[key])
         return enhancer.eval()
 
     def save(self, path: str | Path) -> None:
@@ -306,14 +308,11 @@ class CTEnhancer(nn.Module):
     ) -> Enhancement:
         """Enhance a whole volume; settings default to the module's; ``progress`` shows a tqdm bar
         of the DDIM steps of each sample."""
-        fidelity_weight = self.fidelity_weight if fidelity_weight is None else float(fidelity_weight)
-        residual = self.residual if residual is None else bool(residual)
-        steps = self.num_inference_steps if num_inference_steps is None else num_inference_steps
-        eta = self.eta if eta is None else eta
-        strength = self.strength if strength is None else strength
-        num_samples = self.num_samples if num_samples is None else num_samples
+        given = {"num_inference_steps": num_inference_steps, "eta": eta, "strength": strength,
+                 "num_samples": num_samples, "fidelity_weight": fidelity_weight, "residual": residual}
+        settings = check_settings({key: getattr(self, key) if value is None else value for key, value in given.items()})
+        steps, eta, strength, num_samples, fidelity_weight, residual = settings.values()
         seed = self.seed if seed is None else seed
-        check_settings({"num_inference_steps": steps, "eta": eta, "strength": strength, "num_samples": num_samples})
 
         if isinstance(source_hu, MetaTensor):  # plain tensors: the tiling indexes thousands of times
             source_hu = source_hu.as_tensor()
@@ -466,21 +465,17 @@ _SETTINGS = tuple(
 )
 
 
-def check_settings(settings: dict[str, Any]) -> None:
-    """The sampler settings among ``settings`` (those present), each refused with one line
-    (:class:`~bundle.utils.validation.SettingError`)."""
-    checks = {"num_inference_steps": check_steps, "eta": check_eta, "strength": check_strength,
-              "num_samples": check_num_samples, "source_lowpass_sigma": check_lowpass_sigma,
-              "source_lowpass_levels": check_lowpass_levels, "source_lowpass_min_support": check_min_support,
-              "source_lowpass_sigma_z": check_sigma_z}
-    for key, check in checks.items():
-        if key in settings:
-            check(key, settings[key])
-    if "precision" in settings:
-        check_choice("precision", settings["precision"], [*PRECISIONS, "auto"])
+def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` checked: each with a check (:data:`CHECKS`, ``precision``) refused with one line
+    (:class:`~bundle.utils.validation.SettingError`) or normalised, an unknown name refused; returns
+    the normalised settings."""
     unknown = sorted(set(settings) - set(_SETTINGS))
     if unknown:
         raise TypeError(f"unknown CTEnhancer setting(s) {', '.join(unknown)}; known: {', '.join(_SETTINGS)}")
+    checked = {key: CHECKS[key](key, value) if key in CHECKS else value for key, value in settings.items()}
+    if "precision" in settings:
+        check_choice("precision", settings["precision"], [*PRECISIONS, "auto"])
+    return checked
 
 
 def _mismatch(error: BaseException) -> str:

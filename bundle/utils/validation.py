@@ -125,6 +125,12 @@ def check_lowpass_sigma(setting: str, value: Any) -> float:
     return float(value)
 
 
+def check_fidelity_weight(setting: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SettingError(setting, value, "a finite number (1: what training used, 0: the specification's decoder)")
+    return float(value)
+
+
 def check_num_samples(setting: str, value: Any) -> int:
     if not _is_int(value) or value < 1:
         raise SettingError(setting, value, "an integer >= 1")

@@ -12,6 +12,7 @@ import bundle.inference.enhancer as enhancer_module
 from bundle.diffusion import DDIMSampler, DiffusionSchedule
 from bundle.inference import CTEnhancer
 from bundle.networks import ConditionalUNet3D, VideoVAE
+from bundle.utils.validation import SettingError
 
 # The U-Net window is 8 latent slices x 8 x 8 latent pixels = 8 x 64 x 64 image voxels.
 TILES = dict(latent_window=(8, 8, 8), latent_overlap=(4, 4, 4), image_tile=(8, 64, 64), image_overlap=(4, 32, 32))
@@ -248,3 +249,18 @@ def test_bf16_output_is_not_quantised(fidelity):
     bf16 = enhancer.enhance(source).hu
     assert bf16.dtype == torch.float32
     assert (bf16 - fp32).abs().max() < 1.0  # HU; a bf16 output layer is off by up to 4 HU here
+
+
+def test_output_switches_are_checked_wherever_they_enter(tmp_path):
+    # one table of checks serves the constructor, each call and from_file: a word a command line
+    # passes is read as what it says, and a bad value is refused in one line naming the setting
+    enhancer = tiny_enhancer(residual="false", fidelity_weight=1)
+    assert enhancer.residual is False and enhancer.fidelity_weight == 1.0
+    with pytest.raises(SettingError, match="residual = 'maybe': "):
+        tiny_enhancer(residual="maybe")
+    with pytest.raises(SettingError, match="fidelity_weight = nan: "):
+        enhancer.enhance(random_hu((1, 8, 64, 64)), fidelity_weight=float("nan"))
+    enhancer.save(tmp_path / "model.pt")
+    assert CTEnhancer.from_file(tmp_path / "model.pt", residual="true").residual is True
+    with pytest.raises(SettingError, match="fidelity_weight = 'x': "):
+        CTEnhancer.from_file(tmp_path / "model.pt", fidelity_weight="x")
