@@ -32,7 +32,9 @@ With ``sigma_z`` the Gaussian reaches along the slices as well: the scanner (and
 draws each slice's noise independently while a material's level error runs on through its
 neighbouring slices, so averaging the band's residual over them brings back less of the source's
 noise (a 1D Gaussian passes 1 / (2 sqrt(pi) sigma_z) of white noise's variance) and removes the
-same level error.
+same level error. That saving pays for a narrower in-plane Gaussian, which passes more of a small
+lesion's contrast from the source: the recipe's default is 1.5 px in-plane over 3 slices
+(``configs/train.yaml``; chosen on validation, ``docs/quality.md``).
 """
 
 from __future__ import annotations
