@@ -126,8 +126,8 @@ def check_lowpass_sigma(setting: str, value: Any) -> float:
 
 
 def check_fidelity_weight(setting: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SettingError(setting, value, "a finite number (1: what training used, 0: the specification's decoder)")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise SettingError(setting, value, "a number >= 0 (1: what training used, 0: the specification's decoder)")
     return float(value)
 
 

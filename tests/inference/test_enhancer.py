@@ -264,3 +264,5 @@ def test_output_switches_are_checked_wherever_they_enter(tmp_path):
     assert CTEnhancer.from_file(tmp_path / "model.pt", residual="true").residual is True
     with pytest.raises(SettingError, match="fidelity_weight = 'x': "):
         CTEnhancer.from_file(tmp_path / "model.pt", fidelity_weight="x")
+    with pytest.raises(SettingError, match="fidelity_weight = -1: a number >= 0"):
+        tiny_enhancer(fidelity_weight=-1)
