@@ -165,7 +165,7 @@ def test_along_the_slices_the_band_keeps_a_level_error_out_and_less_noise_in(mon
     # a 1D Gaussian of sigma 2 passes 1 / (2 sqrt(pi) 2) = 0.14 of white noise's variance
     assert float(across[..., water].var() / per_slice[..., water].var()) == pytest.approx(0.14, rel=0.2)
     # the slice blocks that bound memory join without a seam
-    monkeypatch.setattr("bundle.inference.low_frequency.SLICE_BLOCK", 1000)
+    monkeypatch.setattr("bundle.inference.low_frequency.SLICE_BLOCK_Z", 1000)
     whole = keep_source_low_frequencies(output, truth + noise, 3.0, TISSUE_LEVELS, sigma_z=2.0) - truth
     assert torch.allclose(across, whole, atol=1e-3)
 
