@@ -76,6 +76,7 @@ def run(args) -> int:
     from bundle.utils.validation import (
         SettingError,
         check_eta,
+        check_fidelity_weight,
         check_lowpass_sigma,
         check_num_samples,
         check_steps,
@@ -89,6 +90,8 @@ def run(args) -> int:
         check_strength("--strength", args.strength)
         check_eta("--eta", args.eta)
         check_num_samples("--num-samples", args.num_samples)
+        if args.fidelity_weight is not None:
+            check_fidelity_weight("--fidelity-weight", args.fidelity_weight)
         if args.source_lowpass_sigma is not None:
             check_lowpass_sigma("--source-lowpass-sigma", args.source_lowpass_sigma)
         levels = None if args.source_lowpass_levels is None else check_lowpass_levels(

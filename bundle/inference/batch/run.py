@@ -328,8 +328,6 @@ def load_enhancer(model: str | os.PathLike, device: str = "auto", precision: str
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise BatchError("--device cuda but no CUDA device is available")
-    if fidelity_weight is not None and fidelity_weight < 0:
-        raise BatchError(f"--fidelity-weight must be >= 0, got {fidelity_weight}")
     settings = {} if fidelity_weight is None else {"fidelity_weight": fidelity_weight}
     if source_lowpass_sigma is not None:
         settings["source_lowpass_sigma"] = source_lowpass_sigma
