@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,24 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    # an in-process ``monai.bundle run`` applies the bundle's logging config: a root handler on this
+    # test's captured stderr (closed by the next test, whose log writes then print tracebacks) and
+    # existing loggers disabled; each test starts from the logging state before it
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    saved = [(lg, list(lg.handlers), lg.level, lg.disabled, lg.propagate) for lg in loggers]
+    yield
+    for lg, handlers, level, disabled, propagate in saved:
+        lg.handlers[:] = handlers
+        lg.level, lg.disabled, lg.propagate = level, disabled, propagate
+    known = {id(entry[0]) for entry in saved}
+    for lg in list(logging.Logger.manager.loggerDict.values()):  # loggers the test created
+        if isinstance(lg, logging.Logger) and id(lg) not in known:
+            lg.handlers.clear()
 
 
 @pytest.fixture(scope="session")
