@@ -1,6 +1,6 @@
 """Time the output's source band (``bundle/inference/low_frequency.py``) side by side on one
 synthetic volume: one Gaussian, per tissue level, each with and without the Gaussian along the
-slices, at the default sigmas and at ``--compare``'s (0.7.0's by default). Prints a table; run alone
+slices, at the default sigmas and at ``--compare``'s (0.8.0's by default). Prints a table; run alone
 (other jobs skew the seconds).
 
     python scripts/source_band_timing.py --shape 133 512 512 --repeats 2
@@ -22,10 +22,10 @@ def main() -> None:
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("--shape", type=int, nargs=3, default=(133, 512, 512), help="slices, rows, columns")
     args.add_argument("--repeats", type=int, default=2)
-    args.add_argument("--sigma", type=float, default=1.5, help="in-plane sigma (px; configs/train.yaml's)")
+    args.add_argument("--sigma", type=float, default=1.0, help="in-plane sigma (px; configs/train.yaml's)")
     args.add_argument("--sigma-z", type=float, default=3.0, help="sigma along the slices (configs/train.yaml's)")
-    args.add_argument("--compare", type=float, nargs=2, default=(3.0, 2.0), metavar=("SIGMA", "SIGMA_Z"),
-                      help="a second (sigma, sigma_z) for the per-level band along slices (default 0.7.0's)")
+    args.add_argument("--compare", type=float, nargs=2, default=(1.5, 3.0), metavar=("SIGMA", "SIGMA_Z"),
+                      help="a second (sigma, sigma_z) for the per-level band along slices (default 0.8.0's)")
     opts = args.parse_args()
     torch.set_grad_enabled(False)
     s, h, w = opts.shape

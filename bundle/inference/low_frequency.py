@@ -33,7 +33,7 @@ draws each slice's noise independently while a material's level error runs on th
 neighbouring slices, so averaging the band's residual over them brings back less of the source's
 noise (a 1D Gaussian passes 1 / (2 sqrt(pi) sigma_z) of white noise's variance) and removes the
 same level error. That saving pays for a narrower in-plane Gaussian, which passes more of a small
-lesion's contrast from the source: the recipe's default is 1.5 px in-plane over 3 slices
+lesion's contrast from the source: the recipe's default is 1 px in-plane over 3 slices
 (``configs/train.yaml``; chosen on validation, ``docs/quality.md``).
 """
 

@@ -64,7 +64,7 @@ def test_whole_recipe_phases_and_model_file(make_parser, tiny_overrides, recipe_
     assert extra["geometry"]["image_tile"] == [8, 64, 64]
     if variant == "fidelity":
         assert extra["autoencoder"]["fidelity_channels"] == [8, 16, 16]
-        assert extra["output"] == {"fidelity_weight": 0.8, "residual": True, "source_lowpass_sigma": 1.5,
+        assert extra["output"] == {"fidelity_weight": 0.8, "residual": True, "source_lowpass_sigma": 1.0,
                                    "source_lowpass_levels": TISSUE_LEVELS, "source_lowpass_min_support": 0.25,
                                    "source_lowpass_sigma_z": 3.0}
     else:
