@@ -45,8 +45,8 @@ def register(subparsers) -> None:
                              "decoder, more generated detail; docs/fidelity.md)")
     parser.add_argument("--source-lowpass-sigma", type=float, default=None,
                         help="in-plane Gaussian sigma (px) below which the output's band is the input's (default: "
-                             "the model's; 0 = all the model's). Lower keeps small inserts' HU levels closer to the "
-                             "input at some cost in lesion detectability (docs/quality.md)")
+                             "the model's; 0 = all the model's). Lower passes more of a lesion's contrast and of the input's "
+                             "noise (docs/quality.md: the measured trade-off)")
     parser.add_argument("--source-lowpass-levels", default=None,
                         help="that band per tissue level: 'tissue' (the built-in HU levels), 'none' (one Gaussian "
                              "across materials) or ascending HU values 'a,b,...' (default: the model's; docs/quality.md)")

@@ -55,7 +55,7 @@ TISSUE_LEVELS = (-1000.0, -700.0, -400.0, -100.0, 0.0, 60.0, 150.0, 400.0, 700.0
 MIN_SUPPORT = 0.25
 # slices per block of the per-level maps (memory); with sigma_z each block also filters margins, whose
 # share of the work halves in blocks of 32 (scripts/source_band_timing.py: 22 s instead of 29-36 s per
-# 512 x 512 x 133 volume at 1.5 px over 3 slices) while each slice alone runs fastest in blocks of 16
+# 512 x 512 x 133 volume at 1 or 1.5 px over 3 slices) while each slice alone runs fastest in blocks of 16
 SLICE_BLOCK = 16
 SLICE_BLOCK_Z = 32
 
