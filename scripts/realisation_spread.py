@@ -11,7 +11,7 @@ index]`` and ``[seed, index, 1]``). Each realisation is written like the dataset
 affine and dtype), read back through ``val_transforms`` and scored by the evaluation's
 ``VolumePhysics`` against the clean truth: the full-dose scan, the input and each model's
 ``no_diffusion`` output (the model's output formula decoded from the source's own latent, with
-the file's ``source_lowpass_sigma``; the DDIM rows match it within 0.1 dB at 25 % dose,
+the file's source band unless ``--source-lowpass-*`` says otherwise; the DDIM rows match it within 0.1 dB at 25 % dose,
 docs/quality.md). The noise-free scan's TTF50 is the scanner's resolution without noise.
 
 Prints per volume and image the mean, sample standard deviation and range over the realisations
@@ -109,6 +109,10 @@ def main() -> None:
     args.add_argument("--redcnn", nargs="*", default=[], help="RED-CNN baseline files")
     args.add_argument("--nlm", type=float, nargs="*", default=[], help="non-local means at these h factors")
     args.add_argument("--window", type=float, nargs=2, default=(-160.0, 240.0))
+    # the models' source band (default: each file's own), e.g. a recipe's newer default on older model files
+    args.add_argument("--source-lowpass-sigma", type=float, default=None)
+    args.add_argument("--source-lowpass-levels", default=None)
+    args.add_argument("--source-lowpass-sigma-z", type=float, default=None)
     opts = args.parse_args()
     if opts.realisations < 2:
         raise SystemExit("--realisations must be at least 2 (a spread needs two draws)")
@@ -122,7 +126,10 @@ def main() -> None:
     parser = ConfigParser()
     parser.read_config("configs/common.yaml")
     transform = parser.get_parsed_content("val_transforms")
-    methods = {path: NoDiffusion(CTEnhancer.from_file(path).eval()) for path in opts.model}
+    band = {key: value for key, value in (("source_lowpass_sigma", opts.source_lowpass_sigma),
+                                          ("source_lowpass_levels", opts.source_lowpass_levels),
+                                          ("source_lowpass_sigma_z", opts.source_lowpass_sigma_z)) if value is not None}
+    methods = {path: NoDiffusion(CTEnhancer.from_file(path, **band).eval()) for path in opts.model}
     methods.update({f"RED-CNN {path}": RedCNNMethod(path) for path in opts.redcnn})
     methods.update({f"NLM h_factor {h:g}": NonLocalMeans(h_factor=h) for h in opts.nlm})
     images = ["full-dose scan", "input", *methods]
@@ -130,7 +137,8 @@ def main() -> None:
     headline: dict[str, dict[int, list[float]]] = {name: {} for name in images}  # d' per realisation, per volume
 
     print(f"{opts.split} split of {opts.datalist}; {opts.realisations} new noise realisations per volume at dose "
-          f"{dose:g} (full-dose scan at 1); models: no_diffusion output, their own source_lowpass_sigma\n")
+          f"{dose:g} (full-dose scan at 1); models: no_diffusion output, "
+          f"source band {band or 'their own'}\n")
     for item in bundle.data.datalist.load_datalist(opts.datalist, opts.split):
         patient = item["patient"]
         phantom = demo_phantom(settings, patient)
