@@ -88,6 +88,14 @@ def draw_pair(item: dict, settings: dict, k: int, transform, dose: float | None 
         return as_pair(transform(drawn))
 
 
+def band_settings(opts) -> dict:
+    """The source band the command line gives, as ``CTEnhancer`` settings (only those given: the
+    rest stay each model file's)."""
+    given = {"source_lowpass_sigma": opts.source_lowpass_sigma, "source_lowpass_levels": opts.source_lowpass_levels,
+             "source_lowpass_sigma_z": opts.source_lowpass_sigma_z}
+    return {key: value for key, value in given.items() if value is not None}
+
+
 def main() -> None:
     from monai.bundle import ConfigParser
 
@@ -126,9 +134,7 @@ def main() -> None:
     parser = ConfigParser()
     parser.read_config("configs/common.yaml")
     transform = parser.get_parsed_content("val_transforms")
-    band = {key: value for key, value in (("source_lowpass_sigma", opts.source_lowpass_sigma),
-                                          ("source_lowpass_levels", opts.source_lowpass_levels),
-                                          ("source_lowpass_sigma_z", opts.source_lowpass_sigma_z)) if value is not None}
+    band = band_settings(opts)
     methods = {path: NoDiffusion(CTEnhancer.from_file(path, **band).eval()) for path in opts.model}
     methods.update({f"RED-CNN {path}": RedCNNMethod(path) for path in opts.redcnn})
     methods.update({f"NLM h_factor {h:g}": NonLocalMeans(h_factor=h) for h in opts.nlm})
