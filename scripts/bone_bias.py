@@ -40,19 +40,16 @@ def main() -> None:
 
     import bundle.data.datalist
     from bundle.inference import CTEnhancer
+    from bundle.inference.band_arguments import (
+        add_source_band_arguments,
+        source_band_settings,
+    )
 
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("--model", nargs="+", default=["models/model.pt"], help="one or more model files")
     args.add_argument("--datalist", default="data/lidc/datalist.json")
     args.add_argument("--split", default="test")
-    args.add_argument("--source-lowpass-sigma", type=float, default=None,
-                      help="the source band (px) instead of each model file's, as `ctv2v enhance` takes it")
-    args.add_argument("--source-lowpass-levels", default=None,
-                      help="the band per tissue level ('tissue', 'none', or HU values) instead of each model file's")
-    args.add_argument("--source-lowpass-min-support", type=float, default=None,
-                      help="with levels: their support threshold instead of each model file's")
-    args.add_argument("--source-lowpass-sigma-z", type=float, default=None,
-                      help="the band's Gaussian along the slices (slices) instead of each model file's")
+    add_source_band_arguments(args)
     args.add_argument("--decimals", type=int, default=1, help="decimals of the table's HU")
     opts = args.parse_args()
     torch.set_grad_enabled(False)
@@ -60,13 +57,7 @@ def main() -> None:
     parser.read_config("configs/common.yaml")
     transform = parser.get_parsed_content("val_transforms")
     items = bundle.data.datalist.load_datalist(opts.datalist, opts.split)
-    settings = {} if opts.source_lowpass_sigma is None else {"source_lowpass_sigma": opts.source_lowpass_sigma}
-    if opts.source_lowpass_levels is not None:
-        settings["source_lowpass_levels"] = opts.source_lowpass_levels
-    if opts.source_lowpass_sigma_z is not None:
-        settings["source_lowpass_sigma_z"] = opts.source_lowpass_sigma_z
-    if opts.source_lowpass_min_support is not None:
-        settings["source_lowpass_min_support"] = opts.source_lowpass_min_support
+    settings = source_band_settings(opts)
     enhancers = {path: CTEnhancer.from_file(path, **settings).eval() for path in opts.model}  # once, not per volume
     print("mean error / RMSE vs clean (HU)\n")
     for item in items:

@@ -88,14 +88,6 @@ def draw_pair(item: dict, settings: dict, k: int, transform, dose: float | None 
         return as_pair(transform(drawn))
 
 
-def band_settings(opts) -> dict:
-    """The source band the command line gives, as ``CTEnhancer`` settings (only those given: the
-    rest stay each model file's)."""
-    given = {"source_lowpass_sigma": opts.source_lowpass_sigma, "source_lowpass_levels": opts.source_lowpass_levels,
-             "source_lowpass_sigma_z": opts.source_lowpass_sigma_z}
-    return {key: value for key, value in given.items() if value is not None}
-
-
 def main() -> None:
     from monai.bundle import ConfigParser
 
@@ -106,6 +98,10 @@ def main() -> None:
     from bundle.evaluation.methods import NoDiffusion
     from bundle.evaluation.redcnn import RedCNNMethod
     from bundle.inference import CTEnhancer
+    from bundle.inference.band_arguments import (
+        add_source_band_arguments,
+        source_band_settings,
+    )
     from bundle.metrics.resolution import task_transfer_function
 
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -117,10 +113,7 @@ def main() -> None:
     args.add_argument("--redcnn", nargs="*", default=[], help="RED-CNN baseline files")
     args.add_argument("--nlm", type=float, nargs="*", default=[], help="non-local means at these h factors")
     args.add_argument("--window", type=float, nargs=2, default=(-160.0, 240.0))
-    # the models' source band (default: each file's own), e.g. a recipe's newer default on older model files
-    args.add_argument("--source-lowpass-sigma", type=float, default=None)
-    args.add_argument("--source-lowpass-levels", default=None)
-    args.add_argument("--source-lowpass-sigma-z", type=float, default=None)
+    add_source_band_arguments(args)  # e.g. a recipe's newer default on older model files
     opts = args.parse_args()
     if opts.realisations < 2:
         raise SystemExit("--realisations must be at least 2 (a spread needs two draws)")
@@ -134,7 +127,7 @@ def main() -> None:
     parser = ConfigParser()
     parser.read_config("configs/common.yaml")
     transform = parser.get_parsed_content("val_transforms")
-    band = band_settings(opts)
+    band = source_band_settings(opts)
     methods = {path: NoDiffusion(CTEnhancer.from_file(path, **band).eval()) for path in opts.model}
     methods.update({f"RED-CNN {path}": RedCNNMethod(path) for path in opts.redcnn})
     methods.update({f"NLM h_factor {h:g}": NonLocalMeans(h_factor=h) for h in opts.nlm})

@@ -57,21 +57,3 @@ def test_spread_and_measures_read_what_a_volume_has(spread):
     assert row["noise_sigma"] == 4.0 and row["ttf50"] == 0.08
     assert math.isnan(row["d_prime"]) and math.isnan(row["contrast_kept"])  # no lesions: nan, not 0
 
-
-def test_a_band_on_the_command_line_replaces_each_files_own(spread, batch_model):
-    # --source-lowpass-* reach the enhancer (a newer recipe default scored on older model files); absent ones
-    # leave the file's own
-    from argparse import Namespace
-
-    from bundle.inference import CTEnhancer
-
-    opts = Namespace(source_lowpass_sigma=1.0, source_lowpass_levels="tissue", source_lowpass_sigma_z=None)
-    band = spread.band_settings(opts)
-    assert band == {"source_lowpass_sigma": 1.0, "source_lowpass_levels": "tissue"}
-    stored = CTEnhancer.from_file(batch_model)
-    given = CTEnhancer.from_file(batch_model, **band)
-    assert (stored.source_lowpass_sigma, stored.source_lowpass_levels) != (1.0, given.source_lowpass_levels)
-    assert given.source_lowpass_sigma == 1.0 and len(given.source_lowpass_levels) > 2
-    assert given.source_lowpass_sigma_z == stored.source_lowpass_sigma_z
-    assert spread.band_settings(Namespace(source_lowpass_sigma=None, source_lowpass_levels=None,
-                                          source_lowpass_sigma_z=None)) == {}
