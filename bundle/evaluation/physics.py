@@ -42,6 +42,7 @@ from scipy import ndimage
 
 from bundle.data.phantom import LABELS
 from bundle.metrics import (
+    NoisePowerSpectrum,
     class_masks,
     cnr,
     find_flat_region,
@@ -187,6 +188,13 @@ class VolumePhysics:
         # each ROI's mean removed (TG-233): a local HU offset is bias (``hu``), not noise texture
         return rois - rois.mean(axis=(1, 2), keepdims=True)
 
+    def noise_spectrum(self, output: np.ndarray, full_dose: bool = False) -> NoisePowerSpectrum | None:
+        """The NPS of ``output`` ``(S, H, W)`` HU in the flat ROIs (None where none fit): the one every
+        noise and d' measure here reads; ``full_dose``: ``output`` is the full-dose scan (without the
+        clean truth its noise is then read against the second realisation)."""
+        rois = self._noise_rois(np.asarray(output, dtype=np.float64).reshape(self.target.shape), full_dose)
+        return noise_power_spectrum(rois, self.truth.pixel_mm, detrend="none") if rois is not None else None
+
     # --- resolution ---------------------------------------------------------------------------
     def _edge_contrast(self, insert: dict) -> float:
         """The insert's nominal HU minus its background's, the median of the reference in a ring
@@ -285,8 +293,7 @@ class VolumePhysics:
         if inserts:
             result["inserts"] = inserts
 
-        rois = self._noise_rois(output, full_dose)
-        nps = noise_power_spectrum(rois, self.truth.pixel_mm, detrend="none") if rois is not None else None
+        nps = self.noise_spectrum(output, full_dose)
         if nps is not None:
             result["noise"] = {"sigma": math.sqrt(nps.variance), "nps_mean_frequency": nps.mean_frequency,
                                "nps_frequency": nps.frequency.tolist(), "nps": nps.radial.tolist(),

@@ -1,6 +1,7 @@
 """The source band as command-line flags for the study scripts (``scripts/bone_bias.py``,
-``scripts/realisation_spread.py``): one band applied to every model file they score, each flag
-absent leaving each file's own (``ctv2v enhance`` has its own flags, checked beside its others)."""
+``scripts/realisation_spread.py``, ``scripts/lesion_transfer.py``): one band applied to every model
+file they score, each flag absent leaving each file's own (``ctv2v enhance`` has its own flags,
+checked beside its others)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from bundle.data.phantom import LABELS
 from bundle.evaluation.physics import Truth, VolumePhysics
-from bundle.metrics import noise_power_spectrum, pw_detectability
+from bundle.metrics import npw_detectability, pw_detectability
 
 PIXEL_MM, SLICE_MM = 1.0, 2.0
 SHAPE = (12, 64, 64)
@@ -78,11 +78,28 @@ def test_ideal_observer_sums_the_slices_a_lesion_crosses(edge_case):
     # a 6 mm sphere on 2 mm slices centred on slice 1: dz = 2, 0, 2, 4 mm on slices 0-3, the rest
     # (slice -1) outside the volume
     radii = [math.sqrt(6.0**2 - dz**2) for dz in (2.0, 0.0, 2.0, 4.0)]
-    nps = noise_power_spectrum(physics._noise_rois(noisy, full_dose=False), PIXEL_MM, detrend="none")
+    nps = physics.noise_spectrum(noisy)
     assert entry["d_prime_ideal_3d"] == pytest.approx(pw_detectability(nps, radii, 15.0), rel=1e-9)
     assert entry["d_prime_ideal"] == pytest.approx(pw_detectability(nps, 6.0, 15.0), rel=1e-9)
     # an enhancer's output gets no ideal-observer value (its NPS describes no linear system)
     assert "d_prime_ideal" not in physics.measure(noisy)["lesions"][0]
+
+
+def test_the_noise_spectrum_a_study_reads_is_the_one_the_measures_read(edge_case):
+    # scripts/lesion_transfer.py --detectability computes d' from noise_spectrum: the same ROIs and NPS
+    # as the evaluation's noise sigma and lesion d'
+    physics, clean, noisy = edge_case
+    measured = physics.measure(noisy)
+    nps = physics.noise_spectrum(noisy)
+    rois = physics._noise_rois(noisy, full_dose=False)
+    assert nps.num_rois == len(rois) and nps.variance == pytest.approx(np.mean(rois**2), rel=1e-9)
+    assert measured["noise"]["sigma"] == pytest.approx(math.sqrt(nps.variance), rel=1e-12)
+    entry = measured["lesions"][0]
+    assert entry["d_prime"] == pytest.approx(npw_detectability(nps, 6.0, abs(entry["contrast_measured"])), rel=1e-12)
+    # the full-dose scan's, against the clean truth, is the measures' full-dose reference
+    assert physics.noise_spectrum(physics.target, full_dose=True).variance == pytest.approx(
+        physics.full_dose["noise"]["sigma"] ** 2, rel=1e-12)
+    assert physics.noise_spectrum(clean).variance == pytest.approx(0.0, abs=1e-6)
 
 
 def test_contrast_kept_is_the_share_of_the_lesions_contrast_an_output_keeps(edge_case):
