@@ -36,6 +36,7 @@ MEASURES = (
     ("TTF50 / full dose", 2, lambda r: r["ttf50"]["mean_rel"]),
     ("lesion contrast kept", 2, lambda r: r["lesion_summary"]["contrast_kept"]),
     ("lesion d'", 2, lambda r: r["lesion_summary"]["d_prime"]),
+    ("lesion d' / attainable", 2, lambda r: r["lesion_summary"]["d_prime_attainable_rel"]),
     ("ideal observer's d', one slice (input: the bound)", 2, lambda r: r["lesion_summary"]["d_prime_ideal"]),
     ("ideal observer's d', 3D (input: the bound)", 2, lambda r: r["lesion_summary"]["d_prime_ideal_3d"]),
 )

@@ -39,7 +39,8 @@ from bundle.metrics import (
 )
 from bundle.utils.names import safe_name
 
-__all__ = ["Evaluation", "as_pair", "pair_physics", "panel_slice", "summarise_physics", "sweep_datasets"]
+__all__ = ["Evaluation", "add_attainable_detectability", "as_pair", "pair_physics", "panel_slice", "summarise_physics",
+           "sweep_datasets"]
 
 logger = logging.getLogger(__name__)
 
@@ -283,6 +284,7 @@ class Evaluation:
         if not test_volumes:
             raise ValueError("no test pairs: the datalist's 'test' list is empty.")
 
+        add_attainable_detectability(rows)
         for name, row in rows.items():
             if row["status"] != "ok":
                 continue
@@ -362,6 +364,29 @@ def _nanmean(values) -> float:
     return sum(finite) / len(finite) if finite else float("nan")
 
 
+def add_attainable_detectability(rows: dict[str, dict]) -> None:
+    """The lesion d' a method can be asked for, per test volume: for each lesion the full-dose scan's
+    (the non-prewhitening index) where the input allows it, else the input's ideal observer over every
+    slice the lesion crosses, which no processing of the input raises (below a few millimetres at
+    25 % dose the full-dose scan's index lies above it: ``scripts/lesion_transfer.py --detectability``,
+    docs/quality.md). Each row's volume gets ``d_prime_attainable`` (the mean over its lesions) and
+    ``d_prime_attainable_rel`` (its d' over that; 1 = all that can be asked). Needs the ``identity``
+    and ``full_dose`` rows' physics; volumes without both are left as they are."""
+    identity = rows.get("identity", {}).get("physics", {})
+    full = rows.get("full_dose", {}).get("physics", {})
+    for patient in identity.keys() & full.keys():
+        bounds = [entry.get("d_prime_ideal_3d") for entry in identity[patient].get("lesions", [])]
+        targets = [entry.get("d_prime") for entry in full[patient].get("lesions", [])]
+        if not bounds or len(bounds) != len(targets) or None in bounds or None in targets:
+            continue  # the same lesions in every row (fixed ROIs): a mismatch means a measure is missing
+        attainable = float(np.mean([min(target, bound) for target, bound in zip(targets, bounds)]))
+        for row in rows.values():
+            summary = row.get("physics", {}).get(patient, {}).get("lesion_summary")
+            if summary is not None and "d_prime" in summary and attainable > 0:
+                summary["d_prime_attainable"] = attainable
+                summary["d_prime_attainable_rel"] = summary["d_prime"] / attainable
+
+
 def summarise_physics(volumes: list[dict]) -> dict[str, Any]:
     """Means over test volumes of the physicists' measures (each volume counts once; a volume
     without a measure, e.g. no QA insert, leaves it out)."""
@@ -382,8 +407,9 @@ def summarise_physics(volumes: list[dict]) -> dict[str, Any]:
         present = [v[group] for v in volumes if group in v]
         if present:
             out[group] = {k: _nanmean(p.get(k) for p in present) for k in keys}
-    # the input's and the full-dose scan's only (VolumePhysics.measure)
-    for key in ("d_prime_ideal", "d_prime_ideal_3d"):
+    # the input's and the full-dose scan's only (VolumePhysics.measure); the attainable d' where the
+    # evaluation had both rows (add_attainable_detectability)
+    for key in ("d_prime_ideal", "d_prime_ideal_3d", "d_prime_attainable", "d_prime_attainable_rel"):
         ideal = [v["lesion_summary"][key] for v in volumes if key in v.get("lesion_summary", {})]
         if ideal:
             out["lesion_summary"][key] = _nanmean(ideal)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
@@ -144,6 +145,11 @@ def test_outputs_of_the_run(evaluation_run):
     bound = [physics["sweep"][d]["identity"]["lesion_summary"]["d_prime_ideal"] for d in ("0.5", "0.25", "0.1", "0.05")]
     assert bound == sorted(bound, reverse=True)  # lower dose, less any enhancer can recover
     assert "ideal observer" in report and "one input slice" in report and "every slice it crosses" in report
+    # what can be asked of any enhancer: per lesion the full-dose index or, where lower, that bound
+    attainable = physics["methods"]["full_dose"]["lesion_summary"]["d_prime_attainable"]
+    assert 0 < attainable <= physics["methods"]["full_dose"]["lesion_summary"]["d_prime"] + 1e-9
+    assert attainable <= physics["methods"]["identity"]["lesion_summary"]["d_prime_ideal_3d"] + 1e-9
+    assert "d' / attainable" in report
 
     from PIL import Image
 
@@ -350,3 +356,21 @@ def test_model_ceiling_row_for_a_residual_model(tiny_model, tiny_dataset):
     assert row.status is None and row.uses_target
     out = row.enhance(pair.source, pair.target).hu
     assert torch.equal(out, enhancer.ceiling(pair.source, pair.target))
+
+
+def test_the_attainable_d_prime_is_the_full_dose_index_capped_by_the_inputs_bound():
+    from bundle.evaluation.evaluate import add_attainable_detectability
+
+    def volume(*d_primes, key="d_prime"):
+        return {"lesions": [{key: d} for d in d_primes], "lesion_summary": {"d_prime": float(np.mean(d_primes))}}
+
+    # lesion 1: the input allows 1.5 of the full-dose 2.0; lesion 2: the full-dose 1.0 is reachable (bound 3.0)
+    rows = {"identity": {"physics": {"p": {**volume(1.5, 3.0, key="d_prime_ideal_3d"),
+                                           "lesion_summary": {"d_prime": 0.5}}}},
+            "full_dose": {"physics": {"p": volume(2.0, 1.0)}},
+            "model": {"physics": {"p": volume(1.0, 1.0), "q": volume(1.0)}}}
+    add_attainable_detectability(rows)
+    assert rows["full_dose"]["physics"]["p"]["lesion_summary"]["d_prime_attainable"] == pytest.approx(1.25)
+    assert rows["model"]["physics"]["p"]["lesion_summary"]["d_prime_attainable_rel"] == pytest.approx(0.8)
+    assert rows["full_dose"]["physics"]["p"]["lesion_summary"]["d_prime_attainable_rel"] == pytest.approx(1.2)
+    assert "d_prime_attainable" not in rows["model"]["physics"]["q"]["lesion_summary"]  # no full-dose scan of q
