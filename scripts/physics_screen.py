@@ -7,8 +7,7 @@ computed once per volume with the output's low band the model's own, then each
 linear and applied after decoding, so this equals the enhancer with that setting) and scored by
 the evaluation's ``VolumePhysics`` against the clean truth: key-window PSNR, lesion d' (NPW),
 ``contrast_kept``, the largest QA insert |bias|, the bone bias, the largest tissue class |bias| and class RMSE
-above the input's, noise sigma and NPS mean
-frequency relative to the full-dose scan. Volumes need the simulation's truth (demo data).
+above the input's, noise sigma, NPS mean frequency and (QA volumes) TTF50 relative to the full-dose scan. Volumes need the simulation's truth (demo data).
 Several seeds of one arm at a time: the table ends with each column's mean per arm and sigma.
 Run from the bundle root, alone (one model takes ~30 s per demo volume on 2 CPU cores):
 
@@ -25,12 +24,12 @@ import numpy as np
 import torch
 
 COLUMNS = ["psnr", "d_prime", "contrast_kept", "insert_bias", "bone_bias", "class_bias", "class_rmse_excess",
-           "noise", "nps_frequency"]
+           "noise", "nps_frequency", "ttf50"]
 
 
 def table_row(labels, values: dict) -> str:
     """One markdown row: the labels, then each column (ratios to 3 decimals, the rest to 2)."""
-    cells = [f"{values[c]:.3f}" if c in ("noise", "nps_frequency") else f"{values[c]:.2f}" for c in COLUMNS]
+    cells = [f"{values[c]:.3f}" if c in ("noise", "nps_frequency", "ttf50") else f"{values[c]:.2f}" for c in COLUMNS]
     return "| " + " | ".join([*map(str, labels), *cells]) + " |"
 
 
@@ -51,6 +50,7 @@ def scores(measured: dict, window: str, input_hu: dict | None = None) -> dict:
         "bone_bias": measured["hu"].get("bone", {}).get("bias", math.nan),
         "noise": measured["noise"]["sigma_rel"],
         "nps_frequency": measured["noise"]["nps_mean_frequency_rel"],
+        "ttf50": measured.get("ttf50", {}).get("mean_rel", math.nan),  # QA inserts' edges only
     }
 
 
@@ -103,7 +103,7 @@ def main() -> None:
     for pair, physics, _ in volumes:
         full = physics.full_dose.get("lesion_summary", {})
         print(f"| full-dose scan | - | - | {pair.patient} | | {full.get('d_prime', math.nan):.2f} "
-              f"| {full.get('contrast_kept', math.nan):.2f} | | | | | 1.000 | 1.000 |")
+              f"| {full.get('contrast_kept', math.nan):.2f} | | | | | 1.000 | 1.000 | 1.000 |")
     supports = opts.min_supports or [MIN_SUPPORT]
     sigmas_z = opts.sigmas_z or [0.0]
     bands = [(sigma, (), MIN_SUPPORT, 0.0) for sigma in opts.sigmas]
