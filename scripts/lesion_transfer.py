@@ -114,7 +114,7 @@ def main() -> None:
         centres = sphere_centres(tissue, spacing, radius, opts.count, np.random.default_rng(0))
         spheres[radius] = (centres, [distance_mm(clean.shape, c, spacing).numpy() for c in centres],
                            sum(sphere_profile(clean.shape, c, radius, spacing, min(spacing[1:])) for c in centres))
-    detectability = []  # (method, radius, mean transfer, its NPS) for the second table
+    detectability = []  # (method, radius, mean transfer, its output without spheres) for the second table
     for name, enhance in methods(opts):
         base = enhance(source)
         for radius, (centres, distances, shape) in spheres.items():

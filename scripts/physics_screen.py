@@ -7,7 +7,8 @@ computed once per volume with the output's low band the model's own, then each
 linear and applied after decoding, so this equals the enhancer with that setting) and scored by
 the evaluation's ``VolumePhysics`` against the clean truth: key-window PSNR, lesion d' (NPW),
 ``contrast_kept``, the largest QA insert |bias|, the bone bias, the largest tissue class |bias| and class RMSE
-above the input's, noise sigma, NPS mean frequency and (QA volumes) TTF50 relative to the full-dose scan. Volumes need the simulation's truth (demo data).
+above the input's, noise sigma, NPS mean frequency and (QA volumes) TTF50 relative to the full-dose scan.
+Volumes need the simulation's truth (demo data).
 Several seeds of one arm at a time: the table ends with each column's mean per arm and sigma.
 Run from the bundle root, alone (one model takes ~30 s per demo volume on 2 CPU cores):
 
