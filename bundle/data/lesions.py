@@ -71,6 +71,9 @@ class RandLesionInsertd(RandomizableTransform, MapTransform):
         mask_key: if set, the key of a (1, S, H, W) float32 map of where lesions were painted (with
             their rim), in every crop (zeros without lesions), for a loss that weighs them.
         mask_margin_voxels: the rim added to each sphere's radius in the map, in in-plane voxels.
+        plain_key: if set, the key of a copy of the first key's image (the source) as it was before
+            the lesions, in every crop: the input without them, for a loss on the network's response
+            to the lesions alone (``ReconstructionLoss(transfer=...)``).
     """
 
     backend = [torch.Tensor]
@@ -87,6 +90,7 @@ class RandLesionInsertd(RandomizableTransform, MapTransform):
         edge_voxels: float = 1.0,
         mask_key: str | None = None,
         mask_margin_voxels: float = 2.0,
+        plain_key: str | None = None,
         allow_missing_keys: bool = False,
     ):
         RandomizableTransform.__init__(self, prob)
@@ -105,6 +109,7 @@ class RandLesionInsertd(RandomizableTransform, MapTransform):
         self.edge_voxels = float(edge_voxels)
         self.mask_key = mask_key
         self.mask_margin_voxels = float(mask_margin_voxels)
+        self.plain_key = plain_key
 
     def lesion_map(self, reference: torch.Tensor, spacing: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The HU to add and the map of where (each sphere with its rim), both (1, S, H, W), drawn
@@ -137,6 +142,8 @@ class RandLesionInsertd(RandomizableTransform, MapTransform):
         if self.mask_key is not None:
             # every crop carries the map (zeros without lesions) so that a batch collates
             d[self.mask_key] = drawn[1] if drawn is not None else torch.zeros((1, *reference.shape[1:]))
+        if self.plain_key is not None:
+            d[self.plain_key] = d[self.keys[0]]  # the lesions are added out of place below: this stays as it was
         if drawn is None:
             return d
         added = drawn[0]

@@ -31,7 +31,7 @@ from bundle.engines import distributed
 from bundle.engines.base import NonFiniteError, RecipeTrainer
 from bundle.engines.handlers import TrainingState, make_ema
 from bundle.engines.latent_cache import MOMENTS, LatentBank, encode_crops
-from bundle.engines.losses import ReconstructionLoss
+from bundle.engines.losses import ReconstructionLoss, fidelity_path_loss
 from bundle.engines.reproducible import iteration_generator
 from bundle.networks import kl_divergence
 from bundle.utils.validation import check_bool
@@ -224,8 +224,7 @@ class LatentDiffusionTrainer(RecipeTrainer):
             loss = loss + self.recon_weight * loss_recon + self.kl_weight * loss_kl
             terms.update(loss_recon=float(loss_recon.detach()), loss_kl=float(loss_kl.detach()))
             if getattr(self.vae, "fidelity", None) is not None and self.fidelity_loss_weight > 0:
-                loss_fidelity, _ = self.fidelity_loss(self.vae.decode(z_target, source=source), target,
-                                                      lesion=batch.get("lesion"))
+                loss_fidelity, _ = fidelity_path_loss(self.fidelity_loss, self.vae, z_target, source, target, batch)
                 loss = loss + self.recon_weight * self.fidelity_loss_weight * loss_fidelity
                 terms["loss_fidelity"] = float(loss_fidelity.detach())
         return loss, terms

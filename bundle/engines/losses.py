@@ -44,17 +44,18 @@ from bundle.data.windows import HUWindows
 from bundle.metrics.hu_accuracy import HU_CLASSES
 from bundle.networks.frequency import inplane_lowpass
 
-__all__ = ["ReconstructionLoss"]
+__all__ = ["ReconstructionLoss", "fidelity_path_loss"]
 
 
 class ReconstructionLoss:
     """``l1 * L1 + ssim * (1 - SSIM) + gradient * L1(grad) + frequency * L1(FFT) + mse * MSE
     + class_bias * mean |class mean error| + edge * mean(edge weight * squared error)
-    + lowpass * MSE(G_sigma * error) + lesion * mean(lesion map * squared error)``.
+    + lowpass * MSE(G_sigma * error) + lesion * mean(lesion map * squared error)
+    + transfer * mean(lesion map * (response - signal)^2)``.
 
     Args:
-        l1, ssim, gradient, frequency, mse, class_bias, edge, lowpass, lesion: term weights (0 leaves a
-            term out, not even computed).
+        l1, ssim, gradient, frequency, mse, class_bias, edge, lowpass, lesion, transfer: term weights (0
+            leaves a term out, not even computed).
         channel_weights: one weight per channel for the L1, gradient, frequency, MSE, edge, low-pass
             and class bias terms (a weighted mean over channels); None = all channels alike (plain means,
             the spec).
@@ -67,9 +68,17 @@ class ReconstructionLoss:
             from which a voxel weighs fully in the ``edge`` term; below it in proportion.
         lowpass_sigma: in-plane Gaussian sigma (pixels) of the ``lowpass`` term's blur.
 
-    ``loss(recon, target, lesion=None) -> (total, {term: float})`` with ``(B, C, T, H, W)`` inputs
-    and ``lesion`` a ``(B, 1, T, H, W)`` map in [0, 1] (needed when ``lesion > 0``); the terms are
-    computed in float32 whatever the autocast precision.
+    ``loss(recon, target, lesion=None, response=None, signal=None) -> (total, {term: float})`` with
+    ``(B, C, T, H, W)`` inputs and ``lesion`` a ``(B, 1, T, H, W)`` map in [0, 1] (needed when ``lesion``
+    or ``transfer`` > 0); the terms are computed in float32 whatever the autocast precision.
+
+    ``transfer`` prices the network's response to the synthetic lesions rather than its error:
+    ``response`` is its output on the crop minus its output on the same crop without them (the same
+    noise in both, so the noise cancels), ``signal`` the lesions themselves (the input minus the input
+    without them); 1 - transfer of a sphere is what the term sees (``scripts/lesion_transfer.py``
+    measures the same quantity). ``fidelity_loss#lesion``'s squared error on the lesion voxels is
+    dominated by the noise there; this term is not (a signal-promoting loss after Lantz et al.,
+    arXiv:2402.10010).
     """
 
     def __init__(
@@ -89,6 +98,7 @@ class ReconstructionLoss:
         lowpass: float = 0.0,
         lowpass_sigma: float = 1.0,
         lesion: float = 0.0,
+        transfer: float = 0.0,
     ) -> None:
         if channel_weights is not None:
             channel_weights = torch.as_tensor(channel_weights, dtype=torch.float32).flatten()
@@ -97,7 +107,7 @@ class ReconstructionLoss:
         self.channel_weights = channel_weights
         self.weights = {"l1": float(l1), "ssim": float(ssim), "gradient": float(gradient), "frequency": float(frequency),
                         "mse": float(mse), "class_bias": float(class_bias), "edge": float(edge),
-                        "lowpass": float(lowpass), "lesion": float(lesion)}
+                        "lowpass": float(lowpass), "lesion": float(lesion), "transfer": float(transfer)}
         if any(w < 0 for w in self.weights.values()):
             raise ValueError(f"reconstruction loss weights must be >= 0, got {self.weights}.")
         if not any(self.weights.values()):
@@ -119,18 +129,27 @@ class ReconstructionLoss:
         self.lowpass_sigma = float(lowpass_sigma)
         self._ssim = SSIMLoss(spatial_dims=2, data_range=2.0, win_size=7, kernel_sigma=1.5) if ssim > 0 else None
 
-    def __call__(self, recon: torch.Tensor, target: torch.Tensor,
-                 lesion: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        if self.weights["lesion"] and lesion is None:
-            raise ValueError("the lesion loss term needs the crops' lesion maps: train with lesion_insertion > 0 "
-                             "(RandLesionInsertd with mask_key) and pass the batch's map as lesion=.")
+    def __call__(self, recon: torch.Tensor, target: torch.Tensor, lesion: torch.Tensor | None = None,
+                 response: torch.Tensor | None = None,
+                 signal: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        if (self.weights["lesion"] or self.weights["transfer"]) and lesion is None:
+            raise ValueError("the lesion and transfer loss terms need the crops' lesion maps: train with "
+                             "lesion_insertion > 0 (RandLesionInsertd with mask_key) and pass the batch's map as lesion=.")
+        if self.weights["transfer"] and (response is None or signal is None):
+            raise ValueError("the transfer loss term needs response= (the output minus the output without the "
+                             "lesions) and signal= (the input minus the input without them).")
+
+        def plain(x):
+            return None if x is None else x.float()
+
         # float32 outside autocast: SSIM's local variances (E[x^2] - E[x]^2) in bfloat16 cancel to
         # negative values and the loss to -inf (measured on the demo)
         with torch.autocast(recon.device.type, enabled=False):
-            return self._terms(recon.float(), target.float(), None if lesion is None else lesion.float())
+            return self._terms(recon.float(), target.float(), plain(lesion), plain(response), plain(signal))
 
-    def _terms(self, recon: torch.Tensor, target: torch.Tensor,
-               lesion: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+    def _terms(self, recon: torch.Tensor, target: torch.Tensor, lesion: torch.Tensor | None,
+               response: torch.Tensor | None = None,
+               signal: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         values = {}
         if self.weights["l1"]:
             values["l1"] = (
@@ -159,6 +178,11 @@ class ReconstructionLoss:
             if lesion.shape[0] != recon.shape[0] or lesion.shape[2:] != recon.shape[2:]:
                 raise ValueError(f"lesion map of shape {tuple(lesion.shape)} for a reconstruction of {tuple(recon.shape)}.")
             values["lesion"] = self._mean(lesion.to(recon.device) * (recon - target).square())
+        if self.weights["transfer"]:
+            if response.shape != recon.shape or signal.shape != recon.shape or lesion.shape[2:] != recon.shape[2:]:
+                raise ValueError(f"transfer term: response {tuple(response.shape)}, signal {tuple(signal.shape)} and "
+                                 f"lesion map {tuple(lesion.shape)} for a reconstruction of {tuple(recon.shape)}.")
+            values["transfer"] = self._mean(lesion.to(recon.device) * (response - signal.to(recon.device)).square())
         total = sum(self.weights[k] * v for k, v in values.items())
         return total, {k: float(v.detach()) for k, v in values.items()}
 
@@ -210,3 +234,20 @@ def _slices(x: torch.Tensor) -> torch.Tensor:
     """(B, C, T, H, W) -> (B * T, C, H, W): axial slices as 2D images."""
     b, c, t, h, w = x.shape
     return x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+
+
+def fidelity_path_loss(loss: ReconstructionLoss, vae, z: torch.Tensor, source: torch.Tensor, target: torch.Tensor,
+                       batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    """The fidelity path's term, as the VAE stage and phase 2 train it: ``loss`` on the decoder's
+    output from latent ``z`` and the crop's ``source``, with the batch's lesion map; with the
+    ``transfer`` term, the same decode again on the crop without its lesions (``source_plain``, from
+    :class:`bundle.data.lesions.RandLesionInsertd`) gives the path's response to them."""
+    recon = vae.decode(z, source=source)
+    extra = {}
+    if getattr(loss, "weights", {}).get("transfer"):
+        if "source_plain" not in batch:
+            raise ValueError("the transfer loss term needs the crops without their lesions (source_plain): train "
+                             "with lesion_insertion > 0.")
+        plain = batch["source_plain"].to(source.device, source.dtype)
+        extra = {"response": recon - vae.decode(z, source=plain), "signal": source - plain}
+    return loss(recon, target, lesion=batch.get("lesion"), **extra)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from bundle.engines import distributed
 from bundle.engines.base import RecipeTrainer
-from bundle.engines.losses import ReconstructionLoss
+from bundle.engines.losses import ReconstructionLoss, fidelity_path_loss
 from bundle.engines.reproducible import iteration_generator
 from bundle.networks import kl_divergence
 from bundle.utils.io import atomic_torch_save
@@ -131,8 +131,8 @@ class VAEStage(RecipeTrainer):
         if getattr(self.vae, "fidelity", None) is not None and self.fidelity_loss_weight > 0:
             source = x[: batch["source"].shape[0]]
             target = x[batch["source"].shape[0]:]
-            recon_fidelity = self.vae.decode(z[source.shape[0]:], source=source)
-            loss_fidelity, fidelity_terms = self.fidelity_loss(recon_fidelity, target, lesion=batch.get("lesion"))
+            loss_fidelity, fidelity_terms = fidelity_path_loss(self.fidelity_loss, self.vae, z[source.shape[0]:],
+                                                               source, target, batch)
             loss = loss + self.fidelity_loss_weight * loss_fidelity
             terms.update({f"fidelity_{k}": v for k, v in fidelity_terms.items()})
         if self.discriminator is not None:

@@ -119,6 +119,19 @@ def test_the_mask_covers_every_painted_voxel_and_a_rim_and_is_zero_without_lesio
     torch.testing.assert_close(insert(data, num_lesions=(2, 2))["target"].as_tensor(), out["target"].as_tensor())
 
 
+def test_the_plain_source_is_the_crop_before_its_lesions():
+    # for a loss on the network's response to the lesions alone: the same noise, without them
+    data = pair()
+    out = insert(data, num_lesions=(2, 2), plain_key="source_plain")
+    torch.testing.assert_close(out["source_plain"].as_tensor(), data["source"].as_tensor())
+    torch.testing.assert_close((out["source"] - out["source_plain"]).as_tensor(), (out["target"] - data["target"]).as_tensor())
+    assert (out["source"] - out["source_plain"]).abs().max() > 2.0
+    # no lesions drawn: still there (a batch collates), equal to the source
+    empty = insert(data, prob=0.0, plain_key="source_plain")
+    torch.testing.assert_close(empty["source_plain"].as_tensor(), empty["source"].as_tensor())
+    torch.testing.assert_close(insert(data, num_lesions=(2, 2))["source"].as_tensor(), out["source"].as_tensor())
+
+
 def test_bad_settings_and_mismatched_grids_say_what_is_wrong():
     with pytest.raises(ValueError, match="radius_mm"):
         RandLesionInsertd(["source", "target"], radius_mm=(10.0, 2.0))
@@ -144,9 +157,12 @@ def test_training_chain_keeps_pairs_aligned_with_lesions_on_or_off(tmp_path, les
         item = lesioned({"source": source, "target": target})
         np.testing.assert_allclose(hu(item["target"]) - hu(item["source"]), 7.0, atol=0.01)
         changed += not np.allclose(hu(item["target"]), hu(reference["target"]), atol=0.01)
-        # the map of where lesions went comes along only when there are lesions to weigh
-        assert ("lesion" in item) == (lesion_insertion > 0)
+        # the map of where lesions went, and the source without them, come along only when there are lesions
+        assert ("lesion" in item) == ("source_plain" in item) == (lesion_insertion > 0)
         if lesion_insertion > 0:
+            # window channels like the source's, with the lesions' difference only
+            assert item["source_plain"].shape == item["source"].shape
+            np.testing.assert_allclose(hu(item["source_plain"]), hu(reference["source"]), atol=0.01)
             painted = np.abs(hu(item["target"]) - hu(reference["target"])) > 0.01
             assert item["lesion"].shape == (1, 4, 32, 32) and painted.any()
             assert (item["lesion"][0].numpy()[painted] == 1).all()

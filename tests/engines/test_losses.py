@@ -232,3 +232,22 @@ def test_lesion_term_is_the_squared_error_on_the_map_and_needs_the_map():
     with pytest.raises(ValueError, match="lesion map of shape"):
         loss(recon, target, lesion=lesion[:, :, :4])
     assert "lesion" not in ReconstructionLoss()(recon, target, lesion=lesion)[1]  # off: not computed
+
+
+def test_transfer_term_prices_the_response_to_the_lesions_not_the_noise():
+    recon, target = _pair()
+    lesion = torch.zeros((2, 1, 8, 32, 32))
+    lesion[:, :, 2:5, 10:20, 10:20] = 1.0
+    signal = 0.05 * lesion.expand_as(recon)
+    loss = ReconstructionLoss(l1=0, mse=1, transfer=10)
+    # a response that passes the lesions whole costs nothing, whatever the reconstruction's error
+    assert loss(recon, target, lesion=lesion, response=signal, signal=signal)[1]["transfer"] == 0.0
+    total, terms = loss(recon, target, lesion=lesion, response=0.5 * signal, signal=signal)
+    expected = (lesion * (0.5 * signal - signal).square()).mean()
+    assert terms["transfer"] == pytest.approx(float(expected), rel=1e-5)
+    assert float(total) == pytest.approx(terms["mse"] + 10 * terms["transfer"], rel=1e-5)
+    with pytest.raises(ValueError, match="lesion_insertion"):
+        loss(recon, target, response=signal, signal=signal)
+    with pytest.raises(ValueError, match="response="):
+        loss(recon, target, lesion=lesion)
+    assert "transfer" not in ReconstructionLoss()(recon, target, lesion=lesion)[1]  # off: not computed

@@ -288,6 +288,26 @@ def test_lesion_term_trains_the_path_on_the_crops_lesion_maps(make_parser, tiny_
         stage.compute_loss(batch)
 
 
+def test_transfer_term_decodes_the_crop_without_its_lesions(make_parser, tiny_overrides):
+    """fidelity_loss#transfer: the VAE stage decodes the crop again without its lesions and prices the
+    path's response to them; the gradient reaches the path; without insertion it says what it needs."""
+    overrides = {**tiny_overrides, "fidelity_channels": [8, 16, 16], "train_fidelity_on": "@fidelity_loss",
+                 "fidelity_loss#transfer": 100.0}
+    parser = make_parser({**overrides, "lesion_insertion": 1.0})
+    stage = parser.get_parsed_content("vae_stage")
+    batch = next(iter(parser.get_parsed_content("train_loader")))
+    assert batch["source_plain"].shape == batch["source"].shape and batch["lesion"].any()
+    loss, terms = stage.compute_loss(batch)
+    assert terms["fidelity_transfer"] > 0
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in stage.vae.fidelity.parameters())
+    parser = make_parser(overrides)
+    stage = parser.get_parsed_content("vae_stage")
+    batch = next(iter(parser.get_parsed_content("train_loader")))
+    with pytest.raises(ValueError, match="lesion_insertion > 0"):
+        stage.compute_loss(batch)
+
+
 @pytest.mark.parametrize("warmup", [0, 3])
 def test_vae_stage_warms_its_learning_rate_up_when_asked(make_parser, tiny_overrides, warmup):
     """``vae_warmup_steps``: the VAE stage's rate rises linearly to ``vae_lr`` over that many steps
