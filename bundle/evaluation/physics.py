@@ -10,7 +10,8 @@ texture and resolution) and then :meth:`VolumePhysics.measure` scores an output:
   truth (else the full-dose scan); ``inserts``: bias in the central 60 % of each QA insert;
 - ``noise``: sigma and the NPS mean frequency of the output's noise in flat ROIs (output minus
   the clean truth, each ROI's mean removed: a local offset is bias, not noise), and both
-  relative to the full-dose scan's (1.0 = same texture);
+  relative to the full-dose scan's (1.0 = same texture); the ROIs are the largest side that
+  gives at least ``MIN_NPS_ROIS`` of them (:func:`nps_roi_size`);
 - ``ttf50``: the TTF50 (lp/mm) at each high-contrast QA insert's edge and their mean, relative to
   the full-dose scan's;
 - ``lesions``: per lesion or low-contrast disc, the measured contrast, CNR and the
@@ -57,7 +58,7 @@ from bundle.metrics import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LABEL_CLASSES", "Truth", "VolumePhysics", "objects_in_layout"]
+__all__ = ["LABEL_CLASSES", "MIN_NPS_ROIS", "Truth", "VolumePhysics", "nps_roi_size", "objects_in_layout"]
 
 # the phantom's labels grouped into the classes of bundle.metrics.hu_accuracy
 LABEL_CLASSES = {
@@ -76,7 +77,27 @@ _HOSTS = [label for label in LABEL_CLASSES["soft tissue"] if label != LABELS["le
 # inserts whose edge is sharp enough against their background for a TTF: the fat (-100 HU nominal,
 # -100 to -140 against the QA variants' bodies) in, the soft-tissue and water inserts (<= 65) out
 TTF_MIN_CONTRAST_HU = 90.0
-ROI_SIZES = (16, 12, 8, 6)  # NPS ROI sides tried, largest first, until one fits the flat regions
+ROI_SIZES = (16, 12, 8, 6)  # NPS ROI sides tried, largest first (:func:`nps_roi_size`)
+# the fewest ROIs an NPS is read from when a smaller side gives them: a real CT's flat regions fitted two
+# 12 px ROIs on LIDC's test slab, where its second full-dose scan read 0.94 of the first's mean frequency
+MIN_NPS_ROIS = 32
+
+
+def nps_roi_size(flat: np.ndarray, sizes=ROI_SIZES, min_rois: int = MIN_NPS_ROIS) -> int | None:
+    """The NPS ROI side for the flat mask ``flat`` ``(S, H, W)``: the largest of ``sizes`` that gives
+    ``min_rois`` ROIs (a larger ROI resolves lower frequencies, more ROIs average the estimate's own
+    noise), else the one whose ROIs cover the most area; None where none fits."""
+    counts = {size: len(square_rois(flat, flat, size, max_rois=min_rois)) for size in sizes}
+    enough = [size for size in sizes if counts[size] >= min_rois]
+    if enough:
+        return max(enough)
+    fits = [size for size in sizes if counts[size]]
+    if not fits:
+        return None
+    size = max(fits, key=lambda n: (counts[n] * n * n, n))
+    logger.warning("flat regions fit only %d NPS ROIs of %d px (fewer than %d): noise and texture are coarse here",
+                   counts[size], size, min_rois)
+    return size
 
 
 @dataclass
@@ -143,7 +164,7 @@ class VolumePhysics:
         else:
             self.masks = class_masks(self.reference)
         self.flat = self._flat_mask()
-        self.roi_size = next((n for n in ROI_SIZES if len(square_rois(self.target, self.flat, n, 1))), None)
+        self.roi_size = nps_roi_size(self.flat)
         self.slice_mm = truth.slice_mm or truth.pixel_mm
         if self._labels is not None:
             soft = np.isin(self._labels, LABEL_CLASSES["soft tissue"])

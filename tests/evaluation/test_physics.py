@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 
 from bundle.data.phantom import LABELS
-from bundle.evaluation.physics import Truth, VolumePhysics
+from bundle.evaluation.physics import MIN_NPS_ROIS, Truth, VolumePhysics, nps_roi_size
 from bundle.metrics import npw_detectability, pw_detectability
 
 PIXEL_MM, SLICE_MM = 1.0, 2.0
@@ -100,6 +100,26 @@ def test_the_noise_spectrum_a_study_reads_is_the_one_the_measures_read(edge_case
     assert physics.noise_spectrum(physics.target, full_dose=True).variance == pytest.approx(
         physics.full_dose["noise"]["sigma"] ** 2, rel=1e-12)
     assert physics.noise_spectrum(clean).variance == pytest.approx(0.0, abs=1e-6)
+
+
+def test_nps_rois_are_the_largest_side_that_gives_enough_of_them(edge_case, caplog):
+    # a real CT's flat regions: one patch that fits a 16 px ROI and many that fit 8 px ones only; the
+    # NPS must not rest on the one large ROI (LIDC's test slab: two ROIs, a second full-dose scan 6 % off)
+    flat = np.zeros((2, 64, 64), bool)
+    flat[0, :16, :16] = True
+    for r in range(0, 60, 10):
+        for c in range(0, 60, 10):
+            flat[1, r : r + 8, c : c + 8] = True  # 36 squares of 8 px, 2 px apart
+    assert nps_roi_size(flat) == 8 and MIN_NPS_ROIS <= 4 + 36
+    assert nps_roi_size(flat, min_rois=1) == 16  # the rule before: the largest that fits at all
+    # too few at every side: the side whose ROIs cover the most area, with a warning that says so
+    with caplog.at_level("WARNING"):
+        assert nps_roi_size(flat[:1]) == 16
+    assert "fewer than" in caplog.text
+    assert nps_roi_size(np.zeros((2, 64, 64), bool)) is None
+    # the evaluation's volumes use it: the labelled liver fits plenty of the largest side
+    physics = edge_case[0]
+    assert physics.roi_size == nps_roi_size(physics.flat) == 16
 
 
 def test_contrast_kept_is_the_share_of_the_lesions_contrast_an_output_keeps(edge_case):
