@@ -34,7 +34,8 @@ from pathlib import Path
 
 from bundle.utils.validation import SettingError
 
-__all__ = ["SPLITS", "DatalistKeyError", "DatalistPathError", "find_pairs", "load_datalist", "make_datalist", "patient_of", "split_patients"]
+__all__ = ["SPLITS", "DatalistKeyError", "DatalistPathError", "find_pairs", "load_datalist", "make_datalist", "patient_of",
+           "recorded_dose", "split_patients"]
 
 SPLITS = ("training", "validation", "test")
 # paths resolved when present; all but source and target are optional (the simulation's truth)
@@ -111,6 +112,30 @@ def load_datalist(
             item[path_key] = str(full)
         resolved.append(item)
     return resolved
+
+
+# where the simulators record the dose of the ``datalist.json`` they write beside it
+# (``ctv2v demo-data``: demo.json; ``ctv2v sample-data``: sample.json)
+_DOSE_RECORDS = (("demo.json", ("settings", "dose")), ("sample.json", ("dose",)))
+
+
+def recorded_dose(path: str | os.PathLike, default: float = 0.25) -> float:
+    """The dose of the ``test`` list of the datalist at ``path``, as the simulator that wrote it
+    recorded it, else ``default``. Only a simulator's own ``datalist.json`` is read this way: a
+    datalist made by hand beside it (e.g. one whose test list is a sweep dose) keeps ``default``.
+    Reports label their rows with it, so data simulated at 10 % is not reported as 25 %."""
+    path = Path(path)
+    if path.name != "datalist.json":
+        return default
+    for name, keys in _DOSE_RECORDS:
+        try:
+            value = json.loads((path.parent / name).read_text())
+            for key in keys:
+                value = value[key]
+            return float(value)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return default
 
 
 def find_pairs(folder: str | os.PathLike) -> tuple[dict[str, dict[str, Path]], list[Path]]:

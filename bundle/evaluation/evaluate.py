@@ -426,14 +426,18 @@ def _sweep_summary(row: dict) -> dict[str, Any]:
     return out
 
 
-def sweep_datasets(datalist: str | Path, doses, transform) -> dict[float, Any]:
+def sweep_datasets(datalist: str | Path, doses, transform, test_dose: float | None = None) -> dict[float, Any]:
     """``{dose: dataset}`` of the datalist's ``test_dose<d>`` lists (``ctv2v demo-data`` writes
-    them); a dose without a list is left out with one log line."""
+    them); a dose without a list is left out with one log line, and so is ``test_dose``, the
+    ``test`` list's own (its sweep point is the main test, which a second draw would overwrite)."""
     import bundle.data.datalist
     from bundle.data.transforms import make_dataset
 
     out = {}
     for dose in doses or ():
+        if test_dose is not None and f"{float(dose):g}" == f"{float(test_dose):g}":
+            logger.info("dose sweep: %g is the test list's own dose; its point is the test list", float(dose))
+            continue
         key = f"test_dose{float(dose):g}"
         try:
             items = bundle.data.datalist.load_datalist(datalist, key)

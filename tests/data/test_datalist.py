@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from bundle.cli import main
-from bundle.data.datalist import SPLITS, find_pairs, load_datalist, make_datalist, patient_of, split_patients
+from bundle.data.datalist import (
+    SPLITS,
+    find_pairs,
+    load_datalist,
+    make_datalist,
+    patient_of,
+    recorded_dose,
+    split_patients,
+)
 
 # 10 patients with 1-3 pairs each (slabs, dose levels), one as DICOM folders.
 PATIENTS = {f"P{n:02d}": ["", "_slab1", "_dose25_slab2"][: 1 + n % 3] for n in range(10)}
@@ -168,3 +176,22 @@ def test_absolute_paths_pass_through(tmp_path):
     path.parent.mkdir()
     path.write_text(json.dumps({"training": [{"source": str(tmp_path / "a.nii.gz"), "note": 1}]}))
     assert load_datalist(path) == [{"source": str(tmp_path / "a.nii.gz"), "note": 1}]
+
+
+def test_the_test_dose_is_read_from_the_simulators_record(tmp_path):
+    """Reports label the test list with its dose: data simulated at 10 % must not read as 25 %."""
+    demo, sample, plain = tmp_path / "demo", tmp_path / "sample", tmp_path / "plain"
+    for folder in (demo, sample, plain):
+        folder.mkdir()
+        (folder / "datalist.json").write_text("{}")
+    (demo / "demo.json").write_text(json.dumps({"settings": {"dose": 0.1, "seed": 0}}))
+    (sample / "sample.json").write_text(json.dumps({"dose": 0.05}))
+    assert recorded_dose(demo / "datalist.json") == 0.1
+    assert recorded_dose(sample / "datalist.json") == 0.05
+    assert recorded_dose(plain / "datalist.json") == 0.25  # no record: the default
+    assert recorded_dose(plain / "datalist.json", default=0.5) == 0.5
+    # a datalist made by hand beside the record (its test list may be a sweep dose) keeps the default
+    (demo / "datalist_dose0.05.json").write_text("{}")
+    assert recorded_dose(demo / "datalist_dose0.05.json") == 0.25
+    (sample / "sample.json").write_text("not json")  # a damaged record is not an error here
+    assert recorded_dose(sample / "datalist.json") == 0.25

@@ -11,7 +11,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from bundle.evaluation.baselines import GaussianFilter, NonLocalMeans
-from bundle.evaluation.evaluate import Evaluation, as_pair, panel_slice
+from bundle.evaluation.evaluate import Evaluation, as_pair, panel_slice, sweep_datasets
 from bundle.evaluation.methods import DiffusionSampling, Identity, Method, ModelCeiling, diffusion_methods
 from bundle.metrics import METRIC_WINDOWS, PSNR_CAP, estimate_noise_sigma, flat_region_mask, volume_metrics, window_name
 from bundle.evaluation.redcnn import RedCNN3D, RedCNNEnhancer, RedCNNMethod, load_redcnn
@@ -356,6 +356,37 @@ def test_model_ceiling_row_for_a_residual_model(tiny_model, tiny_dataset):
     assert row.status is None and row.uses_target
     out = row.enhance(pair.source, pair.target).hu
     assert torch.equal(out, enhancer.ceiling(pair.source, pair.target))
+
+
+def test_the_test_lists_dose_comes_from_the_data_and_is_not_swept_twice(tiny_dataset, tmp_path):
+    """A folder simulated at 10 % is reported at 10 % (its demo.json), and its own dose's sweep list,
+    another draw at the test list's dose, does not replace the test list's point of the sweep."""
+    copy = tmp_path / "dose0.1"
+    copy.mkdir()
+    datalist = json.loads((tiny_dataset / "datalist.json").read_text())
+    for entries in datalist.values():  # the same files, by absolute path
+        for entry in entries if isinstance(entries, list) else []:
+            for key, value in entry.items():
+                if isinstance(value, str) and (tiny_dataset / value).exists():
+                    entry[key] = str(tiny_dataset / value)
+    (copy / "datalist.json").write_text(json.dumps(datalist))
+    record = json.loads((tiny_dataset / "demo.json").read_text())
+    assert record["settings"]["dose"] == 0.25 and 0.1 in record["settings"]["sweep_doses"]
+    record["settings"]["dose"] = 0.1
+    (copy / "demo.json").write_text(json.dumps(record))
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "configs" / "evaluate.yaml"))
+    parser.update({"datalist": str(copy / "datalist.json")})
+    assert parser.get_parsed_content("dose") == 0.1
+    parser.update({"datalist": str(tiny_dataset / "datalist.json")})
+    assert parser.get_parsed_content("dose") == 0.25
+
+    transform = parser.get_parsed_content("val_transforms")
+    doses = record["settings"]["sweep_doses"]
+    assert sorted(sweep_datasets(copy / "datalist.json", doses, transform)) == sorted(doses)
+    assert sorted(sweep_datasets(copy / "datalist.json", doses, transform, test_dose=0.1)) == sorted(
+        d for d in doses if d != 0.1)
 
 
 def test_the_attainable_d_prime_is_the_full_dose_index_capped_by_the_inputs_bound():
