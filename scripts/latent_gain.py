@@ -79,7 +79,8 @@ def main() -> None:
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("--model", default="models/model.pt")
     args.add_argument("--datalist", default="data/demo/datalist.json")
-    args.add_argument("--dose", type=float, default=0.25, help="the dose of the datalist's 'test' list")
+    args.add_argument("--dose", type=float, default=None,
+                      help="the dose of the datalist's 'test' list (default: as its simulator recorded it, else 0.25)")
     args.add_argument("--steps", type=int, default=20)
     args.add_argument("--seed", type=int, default=0)
     args.add_argument("--strength", type=float, nargs="+", default=[1.0], help="SDEdit strengths, one row each")
@@ -91,10 +92,11 @@ def main() -> None:
     parser.read_config("configs/common.yaml")
     transform = parser.get_parsed_content("val_transforms")
     enhancer = CTEnhancer.from_file(opts.model).eval()
-    lists = {opts.dose: "test"}
+    dose = opts.dose if opts.dose is not None else bundle.data.datalist.recorded_dose(opts.datalist)
+    lists = {dose: "test"}
     for key in json.loads(Path(opts.datalist).read_text()):
-        if key.startswith("test_dose"):
-            lists[float(key[len("test_dose"):])] = key
+        if key.startswith("test_dose"):  # the test list keeps its own dose's point
+            lists.setdefault(float(key[len("test_dose"):]), key)
     if opts.doses:
         missing = sorted(set(opts.doses) - set(lists))
         if missing:
