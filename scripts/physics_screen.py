@@ -4,7 +4,8 @@ Per model: the ``no_diffusion`` output (the model's output formula decoded from 
 latent; the DDIM rows of the evaluation match it within 0.1 dB at 25 % dose, docs/quality.md) is
 computed once per volume with the output's low band the model's own, then each
 ``source_lowpass_sigma`` of ``--sigmas`` is applied to it (``keep_source_low_frequencies`` is
-linear and applied after decoding, so this equals the enhancer with that setting) and scored by
+linear and applied after decoding, so this equals the enhancer with that setting), blended with the
+input at each of ``--blends`` if given (the texture knob of vendors' reconstructions), and scored by
 the evaluation's ``VolumePhysics`` against the clean truth: key-window PSNR, lesion d' (NPW),
 ``contrast_kept``, the largest QA insert |bias|, the bone bias, the largest tissue class |bias| and class RMSE
 above the input's, noise sigma, NPS mean frequency and (QA volumes) TTF50 relative to the full-dose scan.
@@ -81,6 +82,9 @@ def main() -> None:
     args.add_argument("--sigmas-z", type=float, nargs="+", default=None,
                       help="with --levels: the band's Gaussian along the slices too (slices; 0 = each slice alone), "
                            "rows '<sigma> tissue z<sigma_z>'")
+    args.add_argument("--blends", type=float, nargs="+", default=None,
+                      help="each band's output blended with the input too, output + b * (input - output) (the "
+                           "scanner vendors' texture knob), rows '<band> b<b>'")
     args.add_argument("--window", type=float, nargs=2, default=(-160.0, 240.0))
     opts = args.parse_args()
     torch.set_grad_enabled(False)
@@ -118,11 +122,14 @@ def main() -> None:
                 own = enhancer.ceiling(pair.source, pair.source).reshape(pair.source.shape).float()
                 for sigma, levels, support, sigma_z in bands:
                     output = keep_source_low_frequencies(own, pair.source.float(), sigma, levels, support, sigma_z)
-                    row = scores(physics.measure(output.numpy().reshape(physics.target.shape)), window, source_hu)
                     label = f"{sigma:g}" if not levels else f"{sigma:g} tissue" + (f" s{support:g}" if opts.min_supports else "")
                     label += f" z{sigma_z:g}" if levels and opts.sigmas_z else ""
-                    rows.setdefault((label, pair.patient), []).append(row)
-                    print(table_row((arm, path, label, pair.patient), row), flush=True)
+                    for blend in opts.blends or [None]:
+                        blended = output if blend is None else output + blend * (pair.source.float() - output)
+                        row = scores(physics.measure(blended.numpy().reshape(physics.target.shape)), window, source_hu)
+                        name = label if blend is None else f"{label} b{blend:g}"
+                        rows.setdefault((name, pair.patient), []).append(row)
+                        print(table_row((arm, path, name, pair.patient), row), flush=True)
         for (label, patient), values in rows.items():
             means = {c: float(np.mean([v[c] for v in values])) for c in COLUMNS}
             summary.append(table_row((arm, f"mean of {len(values)}", label, patient), means))
