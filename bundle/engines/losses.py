@@ -26,6 +26,15 @@ terms push on exactly that, none needs downloaded weights:
   (docs/quality.md, "Lesion insertion"): the loss pays faint small blobs in proportion to their few
   voxels, and this term prices their loss by itself. At 500 on the demo (lesion voxels 21x) it kept
   no more of them (docs/quality.md, "A loss on the inserted lesions themselves").
+- ``texture``: the mean |log| ratio of the output's to the target's radially averaged in-plane
+  power spectrum, per sample and channel over the crop's slices, in the bins from
+  ``texture_min_frequency`` (a fraction of the Nyquist frequency) up to Nyquist. Every term
+  above is an error of the output against one noisy target, whose minimiser is the conditional
+  MEAN: a smooth image whose leftover noise sits at low frequencies (the NPS mean frequency 0.80
+  of the full-dose scan's on the real CT at 10 %). The target's noise is independent of the
+  source's, so no error term can ask for full-dose texture; a spectrum compares power per
+  frequency whatever the phase, so this term asks for the target's power where the anatomy
+  holds little and the noise most (a texture statistic, like a Gram matrix, not an error).
 
 ``channel_weights`` weigh the window channels in the L1, gradient and frequency terms. Equal
 weights (the spec) make one unit of error cost the same in every channel, so a HU error costs
@@ -44,14 +53,14 @@ from bundle.data.windows import HUWindows
 from bundle.metrics.hu_accuracy import HU_CLASSES
 from bundle.networks.frequency import inplane_lowpass
 
-__all__ = ["ReconstructionLoss", "fidelity_path_loss"]
+__all__ = ["ReconstructionLoss", "fidelity_path_loss", "radial_power_spectrum"]
 
 
 class ReconstructionLoss:
     """``l1 * L1 + ssim * (1 - SSIM) + gradient * L1(grad) + frequency * L1(FFT) + mse * MSE
     + class_bias * mean |class mean error| + edge * mean(edge weight * squared error)
     + lowpass * MSE(G_sigma * error) + lesion * mean(lesion map * squared error)
-    + transfer * mean(lesion map * (response - signal)^2)``.
+    + transfer * mean(lesion map * (response - signal)^2) + texture * mean |log P_recon(f) / P_target(f)|``.
 
     Args:
         l1, ssim, gradient, frequency, mse, class_bias, edge, lowpass, lesion, transfer: term weights (0
@@ -67,6 +76,8 @@ class ReconstructionLoss:
         edge_threshold: in-plane gradient (HU per pixel, central differences of the smoothed target)
             from which a voxel weighs fully in the ``edge`` term; below it in proportion.
         lowpass_sigma: in-plane Gaussian sigma (pixels) of the ``lowpass`` term's blur.
+        texture_min_frequency: the ``texture`` term's lowest radial frequency, as a fraction of the
+            Nyquist frequency (below it the anatomy's power dominates and the error terms rule).
 
     ``loss(recon, target, lesion=None, response=None, signal=None) -> (total, {term: float})`` with
     ``(B, C, T, H, W)`` inputs and ``lesion`` a ``(B, 1, T, H, W)`` map in [0, 1] (needed when ``lesion``
@@ -99,6 +110,8 @@ class ReconstructionLoss:
         lowpass_sigma: float = 1.0,
         lesion: float = 0.0,
         transfer: float = 0.0,
+        texture: float = 0.0,
+        texture_min_frequency: float = 0.25,
     ) -> None:
         if channel_weights is not None:
             channel_weights = torch.as_tensor(channel_weights, dtype=torch.float32).flatten()
@@ -107,7 +120,8 @@ class ReconstructionLoss:
         self.channel_weights = channel_weights
         self.weights = {"l1": float(l1), "ssim": float(ssim), "gradient": float(gradient), "frequency": float(frequency),
                         "mse": float(mse), "class_bias": float(class_bias), "edge": float(edge),
-                        "lowpass": float(lowpass), "lesion": float(lesion), "transfer": float(transfer)}
+                        "lowpass": float(lowpass), "lesion": float(lesion), "transfer": float(transfer),
+                        "texture": float(texture)}
         if any(w < 0 for w in self.weights.values()):
             raise ValueError(f"reconstruction loss weights must be >= 0, got {self.weights}.")
         if not any(self.weights.values()):
@@ -120,6 +134,8 @@ class ReconstructionLoss:
             raise ValueError(f"edge_threshold must be > 0 HU per pixel, got {edge_threshold}.")
         if lowpass > 0 and not lowpass_sigma > 0:
             raise ValueError(f"lowpass_sigma must be > 0 pixels for the lowpass term, got {lowpass_sigma}.")
+        if not 0 <= texture_min_frequency < 1:
+            raise ValueError(f"texture_min_frequency must be in [0, 1) of the Nyquist frequency, got {texture_min_frequency}.")
         if class_smoothing < 1 or class_smoothing % 2 == 0:
             raise ValueError(f"class_smoothing must be an odd number of pixels >= 1, got {class_smoothing}.")
         self.hu_windows = HUWindows(hu_windows) if hu_windows is not None else None
@@ -127,6 +143,7 @@ class ReconstructionLoss:
         self.class_min_voxels = int(class_min_voxels)
         self.edge_threshold = float(edge_threshold)
         self.lowpass_sigma = float(lowpass_sigma)
+        self.texture_min_frequency = float(texture_min_frequency)
         self._ssim = SSIMLoss(spatial_dims=2, data_range=2.0, win_size=7, kernel_sigma=1.5) if ssim > 0 else None
 
     def __call__(self, recon: torch.Tensor, target: torch.Tensor, lesion: torch.Tensor | None = None,
@@ -183,6 +200,15 @@ class ReconstructionLoss:
                 raise ValueError(f"transfer term: response {tuple(response.shape)}, signal {tuple(signal.shape)} and "
                                  f"lesion map {tuple(lesion.shape)} for a reconstruction of {tuple(recon.shape)}.")
             values["transfer"] = self._mean(lesion.to(recon.device) * (response - signal.to(recon.device)).square())
+        if self.weights["texture"]:
+            with torch.no_grad():
+                target_power = radial_power_spectrum(target, self.texture_min_frequency)
+            recon_power = radial_power_spectrum(recon, self.texture_min_frequency)
+            # relative to the target's mean power in the band, so that a bin the target leaves empty
+            # (a crop clipped flat by its window) neither explodes the log nor weighs
+            floor = 1e-3 * target_power.mean(dim=-1, keepdim=True) + 1e-12
+            log_ratio = torch.log(recon_power + floor) - torch.log(target_power + floor)
+            values["texture"] = self._mean(log_ratio.abs())
         total = sum(self.weights[k] * v for k, v in values.items())
         return total, {k: float(v.detach()) for k, v in values.items()}
 
@@ -228,6 +254,28 @@ class ReconstructionLoss:
         class_mean = torch.einsum("bcn,bkn->bkc", error, masks) / counts.clamp(min=1)[..., None]  # (B, K, C)
         # (pairs, C): _mean's per-channel means over the pairs, weighted across channels
         return self._mean(class_mean[present].abs())
+
+
+def radial_power_spectrum(x: torch.Tensor, min_frequency: float = 0.0) -> torch.Tensor:
+    """``(B, C, T, H, W) -> (B, C, bins)``: the in-plane power spectrum of each slice (orthonormal
+    2D DFT of the slice minus its mean), averaged over the slices and over rings of radial frequency
+    one DFT step wide, from ``min_frequency`` up to the Nyquist frequency (fractions of it; the
+    coarser axis's). The rings are those of :func:`bundle.metrics.nps.noise_power_spectrum`."""
+    h, w = x.shape[-2:]
+    power = torch.fft.rfft2(x - x.mean(dim=(-2, -1), keepdim=True), norm="ortho").abs().square().mean(dim=2)
+    fy = torch.fft.fftfreq(h, device=x.device).abs() / 0.5
+    fx = torch.fft.rfftfreq(w, device=x.device) / 0.5
+    radius = torch.sqrt(fy[:, None].square() + fx[None, :].square())  # fractions of Nyquist
+    bins = min(h, w) // 2
+    which = torch.floor(radius * bins).long()
+    first = int(min_frequency * bins)
+    keep = (which >= first) & (which < bins)
+    # rfft2 holds the columns 1..W/2-1 once for two conjugate halves: weigh them twice, as a full DFT would
+    weight = torch.ones_like(radius)
+    weight[:, 1 : (w + 1) // 2] = 2.0
+    rings = F.one_hot(which[keep] - first, bins - first).to(x.dtype) * weight[keep][:, None]  # (N, rings)
+    rings = rings / rings.sum(dim=0).clamp(min=1e-12)
+    return power.flatten(-2)[..., keep.flatten()] @ rings
 
 
 def _slices(x: torch.Tensor) -> torch.Tensor:

@@ -251,3 +251,57 @@ def test_transfer_term_prices_the_response_to_the_lesions_not_the_noise():
     with pytest.raises(ValueError, match="response="):
         loss(recon, target, lesion=lesion)
     assert "transfer" not in ReconstructionLoss()(recon, target, lesion=lesion)[1]  # off: not computed
+
+
+def _coloured_noise(seed, shape=(2, 1, 8, 48, 64), smooth=0.0):
+    """Gaussian noise, low-passed in-plane by exp(-smooth f^2) (f in cycles per pixel)."""
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    fy, fx = torch.fft.fftfreq(shape[-2], dtype=torch.float64), torch.fft.fftfreq(shape[-1], dtype=torch.float64)
+    gain = torch.exp(-smooth * (fy[:, None] ** 2 + fx[None, :] ** 2))
+    return torch.fft.ifft2(torch.fft.fft2(noise) * gain).real
+
+
+def test_radial_power_spectrum_is_the_nps_radial_average_of_each_sample():
+    """One ring definition for the loss and the evaluation: the metric's radial NPS of the crop's
+    slices (pixel 1, each slice's mean removed) is the loss's spectrum, a non-square crop included."""
+    from bundle.engines.losses import radial_power_spectrum
+    from bundle.metrics.nps import noise_power_spectrum
+
+    x = _coloured_noise(0, smooth=30.0) + 5.0  # an offset: the mean is not power
+    power = radial_power_spectrum(x)
+    assert power.shape == (2, 1, 24)
+    for b in range(2):
+        reference = noise_power_spectrum(x[b, 0].numpy(), 1.0, detrend="mean")
+        assert power[b, 0, 1:].numpy() == pytest.approx(reference.radial[1:], rel=1e-9)
+    assert torch.equal(radial_power_spectrum(x, 0.5), power[..., 12:])
+
+
+def test_texture_term_asks_for_the_targets_power_per_frequency_not_its_noise():
+    """Another draw of the target's noise costs ~nothing (the texture is right, every error term
+    pays it in full); the same draw smoothed (the conditional mean's plastic look) costs a lot."""
+    loss = ReconstructionLoss(l1=0, mse=1, texture=1)
+    target = _coloured_noise(1, smooth=5.0).float()
+    _, other_draw = loss(_coloured_noise(2, smooth=5.0).float(), target)
+    _, smoothed = loss(_coloured_noise(1, smooth=60.0).float(), target)
+    assert loss(target, target)[1]["texture"] == 0.0
+    assert other_draw["texture"] < 0.1 and other_draw["mse"] > smoothed["mse"]
+    assert smoothed["texture"] > 1.0
+
+
+def test_texture_gradient_restores_the_lost_high_frequencies():
+    from bundle.engines.losses import radial_power_spectrum
+
+    loss = ReconstructionLoss(l1=0, texture=1, texture_min_frequency=0.25)
+    target = _coloured_noise(3).float()
+    recon = _coloured_noise(3, smooth=60.0).float().requires_grad_(True)
+    total, _ = loss(recon, target)
+    total.backward()
+    stepped = (recon - 0.5 * recon.grad / recon.grad.abs().max()).detach()
+    before, after = radial_power_spectrum(recon.detach(), 0.5), radial_power_spectrum(stepped, 0.5)
+    assert (after > before).all()
+    assert float(loss(stepped, target)[0]) < float(total.detach())
+
+
+def test_texture_band_must_lie_below_nyquist():
+    with pytest.raises(ValueError, match="texture_min_frequency"):
+        ReconstructionLoss(texture=1, texture_min_frequency=1.0)
