@@ -63,7 +63,7 @@ class ReconstructionLoss:
     + transfer * mean(lesion map * (response - signal)^2) + texture * mean |log P_recon(f) / P_target(f)|``.
 
     Args:
-        l1, ssim, gradient, frequency, mse, class_bias, edge, lowpass, lesion, transfer: term weights (0
+        l1, ssim, gradient, frequency, mse, class_bias, edge, lowpass, lesion, transfer, texture: term weights (0
             leaves a term out, not even computed).
         channel_weights: one weight per channel for the L1, gradient, frequency, MSE, edge, low-pass
             and class bias terms (a weighted mean over channels); None = all channels alike (plain means,
