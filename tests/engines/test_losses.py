@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bundle.engines.losses import ReconstructionLoss
+from bundle.engines.losses import ReconstructionLoss, radial_power_spectrum
+from bundle.metrics.nps import noise_power_spectrum
 
 
 def _pair(seed=0):
@@ -264,9 +265,6 @@ def _coloured_noise(seed, shape=(2, 1, 8, 48, 64), smooth=0.0):
 def test_radial_power_spectrum_is_the_nps_radial_average_of_each_sample():
     """One ring definition for the loss and the evaluation: the metric's radial NPS of the crop's
     slices (pixel 1, each slice's mean removed) is the loss's spectrum, a non-square crop included."""
-    from bundle.engines.losses import radial_power_spectrum
-    from bundle.metrics.nps import noise_power_spectrum
-
     x = _coloured_noise(0, smooth=30.0) + 5.0  # an offset: the mean is not power
     power = radial_power_spectrum(x)
     assert power.shape == (2, 1, 24)
@@ -289,8 +287,6 @@ def test_texture_term_asks_for_the_targets_power_per_frequency_not_its_noise():
 
 
 def test_texture_gradient_restores_the_lost_high_frequencies():
-    from bundle.engines.losses import radial_power_spectrum
-
     loss = ReconstructionLoss(l1=0, texture=1, texture_min_frequency=0.25)
     target = _coloured_noise(3).float()
     recon = _coloured_noise(3, smooth=60.0).float().requires_grad_(True)
