@@ -6,7 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bundle.engines.losses import ReconstructionLoss, radial_power_spectrum
+from bundle.engines.losses import (
+    ReconstructionLoss,
+    _flat_tissue,
+    radial_power_spectrum,
+)
 from bundle.metrics.nps import noise_power_spectrum
 
 
@@ -301,3 +305,49 @@ def test_texture_gradient_restores_the_lost_high_frequencies():
 def test_texture_band_must_lie_below_nyquist():
     with pytest.raises(ValueError, match="texture_min_frequency"):
         ReconstructionLoss(texture=1, texture_min_frequency=1.0)
+
+
+def _water_with_bone(noise_seed: int | None, smooth: float = 0.0) -> torch.Tensor:
+    """Window channels (1, 3, 8, 64, 64) of water with a 1000 HU disc and 10 HU noise (none for None)."""
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    hu = (1000.0 * (((yy - 20) ** 2 + (xx - 20) ** 2) < 8**2).float()).expand(1, 1, 8, 64, 64).clone()
+    if noise_seed is not None:
+        hu = hu + 10.0 * _coloured_noise(noise_seed, shape=(1, 1, 8, 64, 64), smooth=smooth).float()
+    return _channels(hu)
+
+
+def test_flat_texture_reads_only_the_targets_flat_tissue():
+    """The flat region is the water away from the bone disc; a reconstruction that differs from the
+    target only inside the disc costs the flat term nothing, while the crop's term pays it."""
+    target = _water_with_bone(0)
+    flat_loss = ReconstructionLoss(l1=0, texture=1, texture_region="flat", hu_windows=WINDOWS)
+    flat = _flat_tissue(flat_loss._smoothed_hu(target))
+    assert float(flat[0, 0, :, 20, 20].max()) == 0.0 and float(flat[0, 0, :, 55, 55].min()) == 1.0
+    assert 0.5 < float(flat.mean()) < 0.9
+    sharper = target.clone()
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    core = (((yy - 20) ** 2 + (xx - 20) ** 2) < 6**2).expand_as(sharper)
+    sharper[core] = sharper[core] * 0.9
+    assert flat_loss(sharper, target)[1]["texture"] == 0.0
+    assert ReconstructionLoss(l1=0, texture=1)(sharper, target)[1]["texture"] > 0.01
+
+
+def test_flat_texture_asks_for_the_targets_noise_power_in_flat_tissue():
+    """Another draw of the target's noise costs little, the same draw smoothed a lot; one gradient
+    step on the smoothed one raises its flat tissue's high frequencies."""
+    loss = ReconstructionLoss(l1=0, texture=1, texture_region="flat", hu_windows=WINDOWS)
+    target = _water_with_bone(1)
+    other = loss(_water_with_bone(2), target)[1]["texture"]
+    smoothed = _water_with_bone(1, smooth=60.0).requires_grad_(True)
+    total, terms = loss(smoothed, target)
+    assert other < 0.3 and terms["texture"] > 1.0
+    total.backward()
+    stepped = (smoothed - 0.5 * smoothed.grad / smoothed.grad.abs().max()).detach()
+    assert float(loss(stepped, target)[0]) < float(total.detach())
+
+
+def test_texture_region_is_checked():
+    with pytest.raises(ValueError, match="texture_region"):
+        ReconstructionLoss(texture=1, texture_region="lungs")
+    with pytest.raises(ValueError, match="hu_windows"):
+        ReconstructionLoss(texture=1, texture_region="flat")
