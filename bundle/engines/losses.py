@@ -37,8 +37,8 @@ terms push on exactly that, none needs downloaded weights:
   holds little and the noise most (a texture statistic, like a Gram matrix, not an error).
   ``texture_region="flat"`` reads the spectra where the evaluation reads noise (TG-233): each
   image minus its in-plane local mean, in the target's flat soft tissue only (the smoothed
-  target's HU in [-150, 200] with an in-plane gradient under 5 HU per pixel, 3 pixels in from
-  anything else). Over a whole crop the rings above a quarter of Nyquist still hold mostly the
+  target's HU in ``FLAT_HU`` with an in-plane gradient under ``FLAT_GRADIENT_HU`` per pixel,
+  ``FLAT_MARGIN`` pixels in from anything else). Over a whole crop the rings above a quarter of Nyquist still hold mostly the
   anatomy's edges, which the path can sharpen to meet the term without touching its noise
   (measured: the crop's top ring 0.84 -> 0.94 of the target's, the flat regions' NPS unchanged).
 
@@ -265,10 +265,7 @@ class ReconstructionLoss:
     def _edge_weight(self, hu: torch.Tensor) -> torch.Tensor:
         """(B, 1, T, H, W) in [0, 1]: the in-plane gradient magnitude of ``hu`` (the smoothed
         target's, central differences, HU per pixel) over ``edge_threshold``, capped at 1."""
-        hu = F.pad(hu, (1, 1, 1, 1, 0, 0), mode="replicate")
-        gy = (hu[..., 2:, 1:-1] - hu[..., :-2, 1:-1]) / 2
-        gx = (hu[..., 1:-1, 2:] - hu[..., 1:-1, :-2]) / 2
-        return (torch.sqrt(gx.square() + gy.square()) / self.edge_threshold).clamp(max=1.0)
+        return (_inplane_gradient(hu) / self.edge_threshold).clamp(max=1.0)
 
     def _class_bias(self, recon: torch.Tensor, target: torch.Tensor, hu: torch.Tensor) -> torch.Tensor:
         """Mean over the (sample, class) pairs present of the channel-weighted |mean error| there;
@@ -285,16 +282,22 @@ class ReconstructionLoss:
         return self._mean(class_mean[present].abs())
 
 
+def _inplane_gradient(hu: torch.Tensor) -> torch.Tensor:
+    """The in-plane gradient magnitude of ``(B, 1, T, H, W)`` ``hu`` (central differences, replicate
+    edges), HU per pixel."""
+    hu = F.pad(hu, (1, 1, 1, 1, 0, 0), mode="replicate")
+    gy = (hu[..., 2:, 1:-1] - hu[..., :-2, 1:-1]) / 2
+    gx = (hu[..., 1:-1, 2:] - hu[..., 1:-1, :-2]) / 2
+    return torch.sqrt(gx.square() + gy.square())
+
+
 @torch.no_grad()
 def _flat_tissue(hu: torch.Tensor) -> torch.Tensor:
     """(B, 1, T, H, W) float mask of the flat soft tissue of ``hu`` (the smoothed target's HU): in
     :data:`FLAT_HU`, an in-plane gradient (central differences) under :data:`FLAT_GRADIENT_HU` per
     pixel, and :data:`FLAT_MARGIN` pixels in from anything else, so that the local mean of
     :func:`_minus_local_mean` reads one tissue."""
-    padded = F.pad(hu, (1, 1, 1, 1, 0, 0), mode="replicate")
-    gy = (padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1]) / 2
-    gx = (padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2]) / 2
-    flat = (hu >= FLAT_HU[0]) & (hu <= FLAT_HU[1]) & (gx.square() + gy.square() < FLAT_GRADIENT_HU**2)
+    flat = (hu >= FLAT_HU[0]) & (hu <= FLAT_HU[1]) & (_inplane_gradient(hu) < FLAT_GRADIENT_HU)
     # erode in-plane: a voxel stays when no voxel within the margin left the mask
     k = 2 * FLAT_MARGIN + 1
     outside = F.max_pool3d(F.pad((~flat).float(), (FLAT_MARGIN,) * 4 + (0, 0), value=1.0), (1, k, k), stride=1)
