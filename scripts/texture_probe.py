@@ -10,7 +10,6 @@ Run from the bundle root; docs/quality.md ("The texture term in the flat tissue"
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import nibabel as nib
@@ -23,8 +22,10 @@ CROPS = ((0, 40, 40), (4, 64, 90), (7, 100, 60), (2, 20, 110))
 
 def load_pair(datalist: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The split's first (source, target) pair as ``(S, H, W)`` HU tensors."""
-    item = json.loads(datalist.read_text())[split][0]
-    volumes = [nib.load(datalist.parent / item[key]).get_fdata(dtype=np.float32) for key in ("source", "target")]
+    from bundle.data.datalist import load_datalist
+
+    item = load_datalist(datalist, split)[0]
+    volumes = [nib.load(item[key]).get_fdata(dtype=np.float32) for key in ("source", "target")]
     return tuple(torch.from_numpy(v).permute(2, 0, 1) for v in volumes)
 
 

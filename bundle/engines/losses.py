@@ -38,9 +38,10 @@ terms push on exactly that, none needs downloaded weights:
   ``texture_region="flat"`` reads the spectra where the evaluation reads noise (TG-233): each
   image minus its in-plane local mean, in the target's flat soft tissue only (the smoothed
   target's HU in ``FLAT_HU`` with an in-plane gradient under ``FLAT_GRADIENT_HU`` per pixel,
-  ``FLAT_MARGIN`` pixels in from anything else). Over a whole crop the rings above a quarter of Nyquist still hold mostly the
-  anatomy's edges, which the path can sharpen to meet the term without touching its noise
-  (measured: the crop's top ring 0.84 -> 0.94 of the target's, the flat regions' NPS unchanged).
+  ``FLAT_MARGIN`` pixels in from anything else). Over a whole crop the rings above a quarter of
+  Nyquist still hold mostly the anatomy's edges, which the path can sharpen to meet the term
+  without touching its noise (measured: the crop's top ring 0.84 -> 0.94 of the target's, the
+  flat regions' NPS unchanged).
 
 ``channel_weights`` weigh the window channels in the L1, gradient and frequency terms. Equal
 weights (the spec) make one unit of error cost the same in every channel, so a HU error costs
@@ -258,7 +259,7 @@ class ReconstructionLoss:
         hu = self.hu_windows.to_hu(target, channel_dim=1)
         k = self.class_smoothing
         if k > 1:
-            hu = F.avg_pool3d(F.pad(hu, (k // 2,) * 4 + (0, 0), mode="replicate"), (1, k, k), stride=1)
+            hu = _inplane_box_mean(hu, k)
         return hu
 
     @torch.no_grad()
@@ -304,10 +305,14 @@ def _flat_tissue(hu: torch.Tensor) -> torch.Tensor:
     return 1.0 - outside
 
 
+def _inplane_box_mean(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``(B, C, T, H, W)`` ``x`` through an in-plane ``size x size`` box filter (odd ``size``, replicate edges)."""
+    return F.avg_pool3d(F.pad(x, (size // 2,) * 4 + (0, 0), mode="replicate"), (1, size, size), stride=1)
+
+
 def _minus_local_mean(x: torch.Tensor, size: int = 2 * FLAT_MARGIN + 1) -> torch.Tensor:
-    """``x`` minus its in-plane ``size x size`` box mean (replicate-padded): in flat tissue, its noise."""
-    mean = F.avg_pool3d(F.pad(x, (size // 2,) * 4 + (0, 0), mode="replicate"), (1, size, size), stride=1)
-    return x - mean
+    """``x`` minus its in-plane ``size x size`` box mean: in flat tissue, its noise."""
+    return x - _inplane_box_mean(x, size)
 
 
 def radial_power_spectrum(x: torch.Tensor, min_frequency: float = 0.0) -> torch.Tensor:
