@@ -6,6 +6,7 @@ from bundle.engines.handlers import GroupLRSchedule, TrainingState, make_ema
 from bundle.engines.latent_cache import LatentBank
 from bundle.engines.losses import ReconstructionLoss
 from bundle.engines.reproducible import ResumableSampler, SeededDataset
+from bundle.engines.sampled_latent_stage import SampledLatentPathStage
 from bundle.engines.vae_stage import VAEStage
 from bundle.engines.validator import EnhancementValidator, TensorBoardPanels, ValidationHandler
 
@@ -17,6 +18,7 @@ __all__ = [
     "NonFiniteError",
     "ReconstructionLoss",
     "ResumableSampler",
+    "SampledLatentPathStage",
     "SeededDataset",
     "TensorBoardPanels",
     "TrainingState",

@@ -36,6 +36,11 @@ SPEC_OVERRIDES = {
 }
 
 
+@pytest.fixture
+def fidelity_overrides() -> dict:
+    return dict(FIDELITY_OVERRIDES)
+
+
 @pytest.fixture(params=["spec", "fidelity"])
 def recipe_variant(request) -> tuple[str, dict]:
     """(name, overrides on top of tiny_overrides): the spec's VAE and the fidelity settings."""

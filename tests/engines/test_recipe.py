@@ -53,7 +53,7 @@ def test_whole_recipe_phases_and_model_file(make_parser, tiny_overrides, recipe_
     assert trainer.phase == 2 and trainer.scale_factor == scale
 
     # export through the config's own run list step and read back with weights_only
-    parser.get_parsed_content("training#3")
+    parser.get_parsed_content("training#4")
     state = torch.load(tiny_overrides["model_path"], weights_only=True)
     extra = state["_extra_state"]
     assert extra["hu_windows"] == [[-1024, 3072], [-160, 240], [-1000, 200]]
