@@ -16,4 +16,4 @@ Layers, each a sub-package with one job, from the bottom (imports only go down,
 - ``bundle.commands``: the ``ctv2v`` command line (``bundle.cli``).
 """
 
-__version__ = "0.12.0"
+__version__ = "0.13.0"
