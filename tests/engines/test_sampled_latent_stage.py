@@ -59,7 +59,7 @@ def test_the_sampled_latent_is_the_one_inference_decodes(make_parser, tiny_overr
     assert z.shape == condition.shape
     torch.testing.assert_close(z, reference, rtol=1e-4, atol=1e-5)
 
-    # the control decodes the target's own posterior sample, far closer to the target's mean
+    # the control decodes the target's own posterior sample (the same draw)
     stage.latent = "target"
     z_target = stage.latent_for(source, target, torch.Generator().manual_seed(7))
     mean, logvar = trainer.vae.encode_moments(target)
