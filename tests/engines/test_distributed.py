@@ -35,6 +35,9 @@ def tiny_config(tmp_path: Path, tiny_overrides: dict, name: str, batch_size: int
         "model_path": str(out / "model.pt"),
         "batch_size": batch_size,
         "samples_per_volume": 2,      # 2 volumes x 2 crops = 4 samples: 2 global batches of 2 per epoch
+        "fidelity_channels": [8, 16, 16],
+        "path_sample_epochs": 1,      # the optional stage on the U-Net's samples, under DDP too
+        "path_sample_steps": 2,
         "redcnn_path": str(out / "no_redcnn.pt"),
     }
     path = tmp_path / f"{name}.yaml"
@@ -65,6 +68,7 @@ def test_two_processes_train_all_stages_like_one_process_of_the_global_batch(tin
     # every stage ended with the same weights on both ranks (the trainers check it)
     assert "weights identical on all 2 ranks: vae" in log
     assert "weights identical on all 2 ranks: unet, vae" in log  # phase 2 trains both
+    assert "weights identical on all 2 ranks: fidelity" in log  # the path on the U-Net's samples
     assert "phase 2 at epoch 2" in log
     assert (out_two / "model.pt").is_file() and (out_two / "checkpoints" / "vae_final.pt").is_file()
     one, out_one = tiny_config(tmp_path, tiny_overrides, "one", batch_size=2)
