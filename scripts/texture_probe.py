@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import torch
 
 # (first slice, row, column) of the 8x128x128 crops, spread over a 15x256x256 validation slab
@@ -21,12 +19,13 @@ CROPS = ((0, 40, 40), (4, 64, 90), (7, 100, 60), (2, 20, 110))
 
 
 def load_pair(datalist: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The split's first (source, target) pair as ``(S, H, W)`` HU tensors."""
+    """The split's first (source, target) pair as ``(slices, columns, rows)`` HU tensors: the
+    orientation the crops above (and docs/quality.md's numbers) were placed on."""
     from bundle.data.datalist import load_datalist
+    from bundle.data.volume_io import load_ct
 
     item = load_datalist(datalist, split)[0]
-    volumes = [nib.load(item[key]).get_fdata(dtype=np.float32) for key in ("source", "target")]
-    return tuple(torch.from_numpy(v).permute(2, 0, 1) for v in volumes)
+    return tuple(torch.from_numpy(load_ct(item[key]).hu).transpose(1, 2) for key in ("source", "target"))
 
 
 def main() -> None:

@@ -70,7 +70,7 @@ class SampledLatentPathStage(RecipeTrainer):
         self.vae = vae
         self.diffusion_trainer = diffusion_trainer
         self.latent = latent
-        self.num_inference_steps = int(num_inference_steps)
+        self.sampler = DDIMSampler(diffusion_trainer.schedule, num_inference_steps=num_inference_steps)
         self.fidelity_loss = fidelity_loss or ReconstructionLoss()
 
     @property
@@ -79,29 +79,32 @@ class SampledLatentPathStage(RecipeTrainer):
 
     # --- the latent the path decodes ----------------------------------------------------------
     @torch.no_grad()
-    def latent_for(self, source: torch.Tensor, target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """The unscaled latent the path is trained on for this crop (no gradient)."""
+    def latent_for(self, source: torch.Tensor, target_moments: tuple[torch.Tensor, torch.Tensor],
+                   generator: torch.Generator) -> torch.Tensor:
+        """The unscaled latent the path is trained on for this crop (no gradient); ``target_moments``
+        are the target's ``encode_moments``, which the control samples from."""
         device = source.device
         if self.latent == "target":
-            mean, logvar = self.vae.encode_moments(target)
+            mean, logvar = target_moments
             return self.vae.sample(mean, logvar, eps=distributed.randn_rows(mean.shape, generator, device, mean.dtype))
         trainer = self.diffusion_trainer
         scale = trainer.scale_factor
         condition = self.vae.encode_moments(source)[0] * scale  # as CTEnhancer: the posterior mean
         unet = trainer.ema.module
-        sampler = DDIMSampler(trainer.schedule, num_inference_steps=self.num_inference_steps)
         noise = distributed.randn_rows(condition.shape, generator, device, condition.dtype)
-        return sampler.sample(lambda z_t, t: unet(z_t, t, condition), noise) / scale
+        return self.sampler.sample(lambda z_t, t: unet(z_t, t, condition), noise) / scale
 
     def compute_loss(self, batch: dict):
         device = self.state.device
         source = batch["source"].to(device)
         target = batch["target"].to(device)
-        z = self.latent_for(source, target, iteration_generator(self.seed, self.state.iteration, device))
+        with torch.no_grad():
+            target_moments = self.vae.encode_moments(target)
+        z = self.latent_for(source, target_moments, iteration_generator(self.seed, self.state.iteration, device))
         loss, _ = fidelity_path_loss(self.fidelity_loss, self.vae, z, source, target, batch)
-        with torch.no_grad():  # how far the decoded latent lies from the target's (0: a perfect U-Net)
-            target_mean = self.vae.encode_moments(target)[0]
-            distance = (z - target_mean).float().norm() / target_mean.float().norm().clamp_min(1e-12)
+        # how far the decoded latent lies from the target's (0: a perfect U-Net)
+        target_mean = target_moments[0].float()
+        distance = (z.float() - target_mean).norm() / target_mean.norm().clamp_min(1e-12)
         return loss, {"loss_fidelity": float(loss.detach()), "latent_distance": float(distance)}
 
     # --- what trains ---------------------------------------------------------------------------
